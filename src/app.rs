@@ -1,0 +1,223 @@
+//! The composition root: the only place that names concrete backends. It builds the ports
+//! from `Config`, wires them into `ChatService`, binds the listener (port 0 works), owns the
+//! background tasks and runs the graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method};
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::auth::{Authenticator, jwt::JwtAuth, none::NoAuth};
+use crate::bus::local::LocalBus;
+use crate::chat::ChatService;
+use crate::chat::rooms::RoomRegistry;
+use crate::config::{AuthConfig, Config, CorsConfig, StorageKind};
+use crate::presence::memory::MemoryPresence;
+use crate::store::{MessageStore, embedded::EmbeddedStore};
+use crate::transport::{http, socketio};
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo,
+    chat: Arc<ChatService>,
+    store: Arc<dyn MessageStore>,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        if cfg.redis.is_some() {
+            anyhow::bail!(
+                "REDIS_HOST/REDIS_URL: the Redis adapters are not in this build yet; unset them to run a single instance"
+            );
+        }
+        if cfg.rabbitmq.is_some() {
+            anyhow::bail!(
+                "RABBITMQ_URL: the RabbitMQ publisher is not in this build yet; unset it to run without notification events"
+            );
+        }
+        let store: Arc<dyn MessageStore> = match cfg.storage {
+            StorageKind::Embedded => {
+                Arc::new(EmbeddedStore::open(&cfg.data_dir).await.with_context(|| {
+                    format!(
+                        "DATA_DIR: cannot open the embedded store in {}",
+                        cfg.data_dir.display()
+                    )
+                })?)
+            }
+            StorageKind::Mongo => {
+                anyhow::bail!("STORAGE=mongodb: the MongoDB store is not in this build yet")
+            }
+            StorageKind::Postgres => {
+                anyhow::bail!("STORAGE=postgres: the PostgreSQL store is not in this build yet")
+            }
+        };
+        let auth: Arc<dyn Authenticator> = match &cfg.auth {
+            AuthConfig::None => {
+                tracing::warn!(
+                    "AUTH_MODE=none: clients are trusted to name their own userId; set AUTH_MODE=jwt in production"
+                );
+                Arc::new(NoAuth)
+            }
+            AuthConfig::Jwt(jwt) => {
+                Arc::new(JwtAuth::new(jwt).map_err(|e| anyhow::anyhow!("AUTH_MODE=jwt: {e}"))?)
+            }
+            AuthConfig::Grpc { .. } => anyhow::bail!(
+                "AUTH_MODE=grpc: the gRPC Auth Service client is not in this build yet"
+            ),
+        };
+        let registry = Arc::new(RoomRegistry::new());
+        let bus = Arc::new(LocalBus::new());
+        bus.set_handler(registry.clone());
+        let presence = Arc::new(MemoryPresence::new());
+        let chat = Arc::new(ChatService::new(
+            cfg.chat.clone(),
+            store.clone(),
+            bus,
+            presence,
+            auth,
+            registry,
+        ));
+
+        let (sio_layer, io) = socketio::build(
+            chat.clone(),
+            socketio::SocketIoConfig {
+                max_payload_bytes: cfg.max_payload_bytes,
+                max_buffered_packets: 1024,
+            },
+        );
+        let router = http::router(http::HttpState { chat: chat.clone() })
+            .merge(crate::transport::page::router())
+            .layer(sio_layer)
+            .layer(DefaultBodyLimit::max(cfg.max_payload_bytes as usize))
+            .layer(cors_layer(&cfg.cors));
+
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("PORT/HOST: cannot listen on {}", cfg.listen))?;
+        Ok(Self {
+            listener,
+            router,
+            io,
+            chat,
+            store,
+            shutdown_timeout: cfg.shutdown_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, disconnects every client (which
+    /// leaves their rooms), finishes in-flight requests and flushes pending writes, each step
+    /// bounded by the shutdown timeout.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            io,
+            chat,
+            store,
+            shutdown_timeout,
+        } = self;
+        let typing = tokio::spawn({
+            let chat = chat.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    chat.expire_typing().await;
+                }
+            }
+        });
+        let (stop_http, http_stopped) = oneshot::channel::<()>();
+        let server =
+            axum::serve(listener, router.into_make_service()).with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            });
+        let server = tokio::spawn(async move { server.await });
+
+        shutdown.await;
+        tracing::info!("shutting down: closing connections");
+        if tokio::time::timeout(shutdown_timeout, io.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("clients did not all disconnect in time");
+        }
+        let _ = stop_http.send(());
+        match tokio::time::timeout(shutdown_timeout, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!("in-flight requests did not finish in time"),
+        }
+        typing.abort();
+        if tokio::time::timeout(shutdown_timeout, store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("storage did not flush in time");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn cors_layer(cors: &CorsConfig) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static("x-user-id"),
+            axum::http::HeaderName::from_static("x-username"),
+        ]);
+    match cors {
+        CorsConfig::Any => layer.allow_origin(Any),
+        CorsConfig::List(origins) => layer.allow_origin(AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

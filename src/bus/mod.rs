@@ -1,0 +1,32 @@
+//! Fan-out of room events to every instance that has members of the room.
+//!
+//! # Contract
+//! - `publish` hands an event to every subscribed instance, this one included, through the
+//!   `BusHandler` given at construction; events published by one caller arrive in publish order.
+//! - An instance receives a room's events only between `subscribe` and `unsubscribe` of that
+//!   room (the room registry subscribes when the first local member joins).
+//! - Outage: `publish` fails with `BusError`; the caller still delivers to local members.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::{RoomEvent, RoomId};
+
+#[derive(Debug, thiserror::Error)]
+#[error("bus unavailable: {0}")]
+pub struct BusError(pub String);
+
+/// Receives the events of subscribed rooms (the room registry).
+pub trait BusHandler: Send + Sync + 'static {
+    fn on_event(&self, event: Arc<RoomEvent>);
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn publish(&self, event: Arc<RoomEvent>) -> Result<(), BusError>;
+    async fn subscribe(&self, room: &RoomId) -> Result<(), BusError>;
+    async fn unsubscribe(&self, room: &RoomId) -> Result<(), BusError>;
+}

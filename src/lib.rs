@@ -1,0 +1,22 @@
+//! chat-service: a real-time chat server, drop-in replacement for the Node.js Socket.IO
+//! chat-service (contract: `SPEC.md` of the project, summarized in `docs/ARCHITECTURE.md`).
+//!
+//! Crate map and the dependency rule ("may use"):
+//! - `domain`: ids, messages, rooms, room events. Uses nothing.
+//! - `store`, `bus`, `presence`, `auth`: one port (trait + contract) per folder, with their
+//!   adapters. Adapters use `domain` and their own config only.
+//! - `chat`: the use cases and the local room registry. Uses `domain` and the port traits,
+//!   never a concrete adapter.
+//! - `transport`: Socket.IO, REST, the client page. Uses `chat`, `domain`, the `auth` types.
+//! - `app`: the composition root, the only module that names concrete adapters.
+//! - `config`: the typed configuration tree.
+
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod chat;
+pub mod config;
+pub mod domain;
+pub mod presence;
+pub mod store;
+pub mod transport;

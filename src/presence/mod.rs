@@ -1,0 +1,41 @@
+//! Who is connected and who is in which room, across every instance.
+//!
+//! # Contract
+//! - `connect` counts a user's open connections (all instances) and admits the connection only
+//!   while the count stays within the limit; a refused connection is not counted.
+//! - Room membership is per user: `join` reports whether this is the user's first connection
+//!   in the room (others then get `user_joined`), `leave` whether it was the last (`user_left`).
+//! - `members` lists the users of a room with their names.
+
+pub mod memory;
+
+use async_trait::async_trait;
+
+use crate::domain::{ConnId, Member, RoomId, UserId};
+
+#[derive(Debug, thiserror::Error)]
+#[error("presence unavailable: {0}")]
+pub struct PresenceError(pub String);
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Counts the connection in if the user has fewer than `limit` (0 = unlimited); returns
+    /// whether it was admitted.
+    async fn connect(&self, user: &UserId, conn: ConnId, limit: u32)
+    -> Result<bool, PresenceError>;
+    /// Returns how many connections of the user remain.
+    async fn disconnect(&self, user: &UserId, conn: ConnId) -> Result<u32, PresenceError>;
+    async fn join(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        conn: ConnId,
+    ) -> Result<bool, PresenceError>;
+    async fn leave(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        conn: ConnId,
+    ) -> Result<bool, PresenceError>;
+    async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError>;
+}

@@ -1,0 +1,596 @@
+//! `STORAGE=embedded`: an SQLite file (`DATA_DIR/chat.db`, WAL, `synchronous=FULL`), no server.
+//!
+//! Writes go through one writer task that takes every queued write at once and commits them
+//! in one transaction (group commit): one fsync covers the whole batch, and each caller is
+//! answered only after that commit. Reads use a small pool of separate connections, which WAL
+//! lets run beside the writer.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Appended, MessageStore, StoreError};
+use crate::domain::{
+    ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, NewRoom, Room,
+    RoomId, RoomType, UserId, Username, now_ms,
+};
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 1024;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL UNIQUE,
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        message TEXT NOT NULL,
+        message_type TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        client_message_id TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS messages_room_seq ON messages(room_id, seq)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
+        ON messages(room_id, user_id, client_message_id) WHERE client_message_id IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS rooms (
+        room_id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        private INTEGER NOT NULL,
+        pair_key TEXT UNIQUE,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_content TEXT,
+        last_timestamp INTEGER,
+        last_sender TEXT
+    )",
+    "CREATE TABLE IF NOT EXISTS room_participants (
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS room_participants_user ON room_participants(user_id)",
+];
+
+macro_rules! message_columns {
+    () => {
+        "message_id, room_id, user_id, username, message, message_type, timestamp, client_message_id"
+    };
+}
+macro_rules! room_columns {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "room_id, ",
+            $p,
+            "type, ",
+            $p,
+            "private, ",
+            $p,
+            "created_at, ",
+            $p,
+            "updated_at, ",
+            $p,
+            "last_content, ",
+            $p,
+            "last_timestamp, ",
+            $p,
+            "last_sender"
+        )
+    };
+}
+
+enum Write {
+    Append(Message, oneshot::Sender<Result<Appended, StoreError>>),
+    CreateRoom(NewRoom, oneshot::Sender<Result<(Room, bool), StoreError>>),
+    AddMember(RoomId, UserId, oneshot::Sender<Result<(), StoreError>>),
+    Close(oneshot::Sender<()>),
+}
+
+pub struct EmbeddedStore {
+    writes: mpsc::Sender<Write>,
+    reads: SqlitePool,
+}
+
+fn internal(e: sqlx::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+fn closed<T>(_: T) -> StoreError {
+    StoreError::Unavailable("embedded store is closed".into())
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) `dir/chat.db` and starts the writer task.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create DATA_DIR {}: {e}", dir.display()))
+        })?;
+        let file = dir.join("chat.db");
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(internal)?
+            .filename(&file)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let mut writer = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", file.display())))?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt)
+                .execute(&mut writer)
+                .await
+                .map_err(internal)?;
+        }
+        let reads = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(internal)?;
+        let (tx, rx) = mpsc::channel(8 * MAX_BATCH);
+        tokio::spawn(run_writer(writer, rx));
+        Ok(Self { writes: tx, reads })
+    }
+
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send(make(tx)).await.map_err(closed)?;
+        rx.await.map_err(closed)?
+    }
+
+    async fn load_room(&self, room_id: &str) -> Result<Option<Room>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            room_columns!(""),
+            " FROM rooms WHERE room_id = ?"
+        ))
+        .bind(room_id)
+        .fetch_optional(&self.reads)
+        .await
+        .map_err(internal)?;
+        match row {
+            Some(row) => {
+                let participants = participants(&self.reads, room_id).await?;
+                Ok(Some(room_from_row(&row, participants)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn seq_of(&self, room: &RoomId, id: &MessageId) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT seq FROM messages WHERE message_id = ? AND room_id = ?",
+        )
+        .bind(id.as_str())
+        .bind(room.as_str())
+        .fetch_optional(&self.reads)
+        .await
+        .map_err(internal)
+    }
+}
+
+async fn participants(
+    conn: impl sqlx::SqliteExecutor<'_>,
+    room_id: &str,
+) -> Result<Vec<UserId>, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM room_participants WHERE room_id = ? ORDER BY user_id",
+    )
+    .bind(room_id)
+    .fetch_all(conn)
+    .await
+    .map_err(internal)?;
+    ids.iter()
+        .map(|s| UserId::parse(s).map_err(|e| StoreError::Internal(e.0)))
+        .collect()
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} is not valid"))
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<Message, StoreError> {
+    let get = |i: usize| row.try_get::<String, _>(i).map_err(internal);
+    Ok(Message {
+        message_id: MessageId::parse(&get(0)?).map_err(|_| corrupt("message id"))?,
+        room_id: RoomId::parse(&get(1)?).map_err(|_| corrupt("room id"))?,
+        user_id: UserId::parse(&get(2)?).map_err(|_| corrupt("user id"))?,
+        username: Username::parse(&get(3)?).map_err(|_| corrupt("username"))?,
+        message: MessageBody::from_stored(get(4)?),
+        message_type: MessageType::parse_stored(&get(5)?).ok_or_else(|| corrupt("message type"))?,
+        timestamp: row.try_get::<i64, _>(6).map_err(internal)? as u64,
+        client_message_id: row
+            .try_get::<Option<String>, _>(7)
+            .map_err(internal)?
+            .and_then(|s| ClientMessageId::parse(&s).ok()),
+    })
+}
+
+fn room_from_row(row: &SqliteRow, participants: Vec<UserId>) -> Result<Room, StoreError> {
+    let room_type: String = row.try_get(1).map_err(internal)?;
+    let last_content: Option<String> = row.try_get(5).map_err(internal)?;
+    let last_timestamp: Option<i64> = row.try_get(6).map_err(internal)?;
+    let last_sender: Option<String> = row.try_get(7).map_err(internal)?;
+    let last_message = match (last_content, last_timestamp, last_sender) {
+        (Some(content), Some(ts), Some(sender)) => Some(LastMessage {
+            content: MessageBody::from_stored(content),
+            timestamp: ts as u64,
+            sender_id: UserId::parse(&sender).map_err(|_| corrupt("sender id"))?,
+        }),
+        _ => None,
+    };
+    Ok(Room {
+        room_id: RoomId::parse(&row.try_get::<String, _>(0).map_err(internal)?)
+            .map_err(|_| corrupt("room id"))?,
+        room_type: RoomType::parse(&room_type).map_err(|_| corrupt("room type"))?,
+        participants,
+        private: row.try_get::<i64, _>(2).map_err(internal)? != 0,
+        last_message,
+        created_at: row.try_get::<i64, _>(3).map_err(internal)? as u64,
+        updated_at: row.try_get::<i64, _>(4).map_err(internal)? as u64,
+    })
+}
+
+/// A write's answer, held until the batch commits.
+enum Reply {
+    Append(oneshot::Sender<Result<Appended, StoreError>>, Appended),
+    CreateRoom(
+        oneshot::Sender<Result<(Room, bool), StoreError>>,
+        (Room, bool),
+    ),
+    AddMember(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Reply {
+    fn ok(self) {
+        match self {
+            Reply::Append(tx, v) => drop(tx.send(Ok(v))),
+            Reply::CreateRoom(tx, v) => drop(tx.send(Ok(v))),
+            Reply::AddMember(tx) => drop(tx.send(Ok(()))),
+        }
+    }
+
+    fn fail(self, e: &StoreError) {
+        let e = || StoreError::Internal(e.to_string());
+        match self {
+            Reply::Append(tx, _) => drop(tx.send(Err(e()))),
+            Reply::CreateRoom(tx, _) => drop(tx.send(Err(e()))),
+            Reply::AddMember(tx) => drop(tx.send(Err(e()))),
+        }
+    }
+}
+
+async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut close = None;
+        let mut ops = Vec::with_capacity(batch.len());
+        for w in batch.drain(..) {
+            match w {
+                Write::Close(done) => close = Some(done),
+                other => ops.push(other),
+            }
+        }
+        if !ops.is_empty() {
+            commit_batch(&mut conn, ops).await;
+        }
+        if let Some(done) = close {
+            rx.close();
+            while let Ok(w) = rx.try_recv() {
+                if let Write::Close(d) = w {
+                    let _ = d.send(());
+                }
+            }
+            let _ = conn.close().await;
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>) {
+    let mut replies = Vec::with_capacity(ops.len());
+    let mut pending_errors = Vec::new();
+    let result: Result<(), StoreError> = async {
+        let mut tx = conn.begin().await.map_err(internal)?;
+        for op in ops {
+            match op {
+                Write::Append(message, reply) => {
+                    let appended = append_in(&mut tx, message).await?;
+                    replies.push(Reply::Append(reply, appended));
+                }
+                Write::CreateRoom(room, reply) => match create_room_in(&mut tx, room).await {
+                    Ok(v) => replies.push(Reply::CreateRoom(reply, v)),
+                    // A refused room is that caller's answer, not a failure of the batch.
+                    Err(StoreError::RoomExists) => pending_errors.push(reply),
+                    Err(e) => return Err(e),
+                },
+                Write::AddMember(room, user, reply) => {
+                    add_member_in(&mut tx, &room, &user).await?;
+                    replies.push(Reply::AddMember(reply));
+                }
+                Write::Close(_) => unreachable!("close is handled by the writer loop"),
+            }
+        }
+        tx.commit().await.map_err(internal)
+    }
+    .await;
+    match result {
+        Ok(()) => replies.into_iter().for_each(Reply::ok),
+        Err(e) => {
+            tracing::error!(error = %e, "embedded store batch failed");
+            replies.into_iter().for_each(|r| r.fail(&e));
+        }
+    }
+    for reply in pending_errors {
+        let _ = reply.send(Err(StoreError::RoomExists));
+    }
+}
+
+async fn append_in(conn: &mut SqliteConnection, message: Message) -> Result<Appended, StoreError> {
+    if let Some(cmid) = &message.client_message_id {
+        let existing = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages
+             WHERE room_id = ? AND user_id = ? AND client_message_id = ?"
+        ))
+        .bind(message.room_id.as_str())
+        .bind(message.user_id.as_str())
+        .bind(cmid.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(internal)?;
+        if let Some(row) = existing {
+            return Ok(Appended {
+                message: message_from_row(&row)?,
+                duplicate: true,
+            });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
+            timestamp, created_at, client_message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(message.message_id.as_str())
+    .bind(message.room_id.as_str())
+    .bind(message.user_id.as_str())
+    .bind(message.username.as_str())
+    .bind(message.message.as_str())
+    .bind(message.message_type.as_str())
+    .bind(message.timestamp as i64)
+    .bind(now_ms() as i64)
+    .bind(message.client_message_id.as_ref().map(|c| c.as_str()))
+    .execute(&mut *conn)
+    .await
+    .map_err(internal)?;
+    sqlx::query(
+        "INSERT INTO rooms (room_id, type, private, created_at, updated_at, last_content,
+            last_timestamp, last_sender) VALUES (?, 'group', 0, ?, ?, ?, ?, ?)
+         ON CONFLICT(room_id) DO UPDATE SET updated_at = excluded.updated_at,
+            last_content = excluded.last_content, last_timestamp = excluded.last_timestamp,
+            last_sender = excluded.last_sender",
+    )
+    .bind(message.room_id.as_str())
+    .bind(message.timestamp as i64)
+    .bind(message.timestamp as i64)
+    .bind(message.message.as_str())
+    .bind(message.timestamp as i64)
+    .bind(message.user_id.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(internal)?;
+    Ok(Appended {
+        message,
+        duplicate: false,
+    })
+}
+
+async fn create_room_in(
+    conn: &mut SqliteConnection,
+    room: NewRoom,
+) -> Result<(Room, bool), StoreError> {
+    let load = async |conn: &mut SqliteConnection, id: &str| -> Result<Room, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            room_columns!(""),
+            " FROM rooms WHERE room_id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(internal)?;
+        let parts = participants(&mut *conn, id).await?;
+        room_from_row(&row, parts)
+    };
+    let pair_key = room.pair_key();
+    if let Some(key) = &pair_key {
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT room_id FROM rooms WHERE pair_key = ?")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(internal)?;
+        if let Some(id) = existing {
+            return Ok((load(conn, &id).await?, false));
+        }
+    }
+    let now = now_ms() as i64;
+    let inserted = sqlx::query(
+        "INSERT INTO rooms (room_id, type, private, pair_key, created_at, updated_at)
+         VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT(room_id) DO NOTHING",
+    )
+    .bind(room.room_id.as_str())
+    .bind(room.room_type.as_str())
+    .bind(pair_key)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(internal)?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::RoomExists);
+    }
+    for user in &room.participants {
+        add_member_in(conn, &room.room_id, user).await?;
+    }
+    Ok((load(conn, room.room_id.as_str()).await?, true))
+}
+
+async fn add_member_in(
+    conn: &mut SqliteConnection,
+    room: &RoomId,
+    user: &UserId,
+) -> Result<(), StoreError> {
+    let now = now_ms() as i64;
+    sqlx::query(
+        "INSERT INTO rooms (room_id, type, private, created_at, updated_at)
+         VALUES (?, 'group', 0, ?, ?) ON CONFLICT(room_id) DO NOTHING",
+    )
+    .bind(room.as_str())
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(internal)?;
+    sqlx::query("INSERT OR IGNORE INTO room_participants (room_id, user_id) VALUES (?, ?)")
+        .bind(room.as_str())
+        .bind(user.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+    Ok(())
+}
+
+#[async_trait]
+impl MessageStore for EmbeddedStore {
+    async fn append(&self, message: Message) -> Result<Appended, StoreError> {
+        self.write(|tx| Write::Append(message, tx)).await
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        limit: usize,
+        before: Option<&MessageId>,
+    ) -> Result<Vec<Message>, StoreError> {
+        let before_seq = match before {
+            Some(id) => self
+                .seq_of(room, id)
+                .await?
+                .ok_or(StoreError::UnknownCursor)?,
+            None => i64::MAX,
+        };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE room_id = ? AND seq < ?
+             ORDER BY seq DESC LIMIT ?"
+        ))
+        .bind(room.as_str())
+        .bind(before_seq)
+        .bind(limit as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(internal)?;
+        let mut messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn after(
+        &self,
+        room: &RoomId,
+        after: &MessageId,
+        limit: usize,
+    ) -> Result<Option<Vec<Message>>, StoreError> {
+        let Some(seq) = self.seq_of(room, after).await? else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE room_id = ? AND seq > ?
+             ORDER BY seq ASC LIMIT ?"
+        ))
+        .bind(room.as_str())
+        .bind(seq)
+        .bind(limit as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(internal)?;
+        rows.iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    async fn get_room(&self, room: &RoomId) -> Result<Option<Room>, StoreError> {
+        self.load_room(room.as_str()).await
+    }
+
+    async fn create_room(&self, room: NewRoom) -> Result<(Room, bool), StoreError> {
+        self.write(|tx| Write::CreateRoom(room, tx)).await
+    }
+
+    async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
+        let (room, user) = (room.clone(), user.clone());
+        self.write(|tx| Write::AddMember(room, user, tx)).await
+    }
+
+    async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            room_columns!("r."),
+            " FROM rooms r
+             JOIN room_participants p ON p.room_id = r.room_id
+             WHERE p.user_id = ? ORDER BY COALESCE(r.last_timestamp, r.updated_at) DESC LIMIT 1000"
+        ))
+        .bind(user.as_str())
+        .fetch_all(&self.reads)
+        .await
+        .map_err(internal)?;
+        let mut rooms = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get(0).map_err(internal)?;
+            let parts = participants(&self.reads, &id).await?;
+            rooms.push(room_from_row(row, parts)?);
+        }
+        Ok(rooms)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.writes.is_closed() {
+            return Err(StoreError::Unavailable("embedded store is closed".into()));
+        }
+        sqlx::query("SELECT 1")
+            .execute(&self.reads)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writes.send(Write::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        self.reads.close().await;
+    }
+}

@@ -1,0 +1,67 @@
+//! The wire: Socket.IO (`socketio/`), plain WebSocket JSON frames (`ws/`, next) and REST
+//! (`http/`). Each turns frames into the commands of `chat` and results back into frames;
+//! no rule of the chat lives here. `dispatch` is the one place where a client event of either
+//! socket transport becomes a `ChatService` call and its ack.
+
+pub mod dto;
+pub mod http;
+pub mod page;
+pub mod socketio;
+
+use serde_json::{Value, json};
+
+use crate::chat::{ChatError, ChatService, Session, wire};
+use dto::Inbound;
+
+/// Runs one client event and returns the fields of its success ack.
+pub async fn dispatch(
+    chat: &ChatService,
+    session: &mut Session,
+    event: &str,
+    data: Result<Value, String>,
+) -> Result<Value, ChatError> {
+    if session.identity().is_none()
+        && event != wire::AUTHENTICATE
+        && wire::CLIENT_EVENTS.contains(&event)
+    {
+        return Err(ChatError::NotAuthenticated);
+    }
+    let data = data.map_err(|e| ChatError::InvalidPayload(format!("{event}: {e}")))?;
+    match dto::parse(event, data, chat.config())? {
+        Inbound::Authenticate(credentials) => {
+            let me = chat.authenticate(session, credentials).await?;
+            Ok(json!({"userId": me.user_id, "username": me.username}))
+        }
+        Inbound::Join(cmd) => {
+            let room = chat.join(session, cmd).await?;
+            Ok(json!({"roomId": room}))
+        }
+        Inbound::Leave(room) => {
+            let room = chat.leave(session, room).await?;
+            Ok(json!({"roomId": room}))
+        }
+        Inbound::Send(cmd) => {
+            let sent = chat.send(session, cmd).await?;
+            Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp}))
+        }
+        Inbound::Typing(cmd) => {
+            chat.typing(session, cmd).await?;
+            Ok(json!({}))
+        }
+    }
+}
+
+/// The ack of a handled event: `{"success": true, ...fields}` or
+/// `{"success": false, "error": {"code", "message"}}`.
+pub fn ack_body(result: &Result<Value, ChatError>) -> Value {
+    match result {
+        Ok(fields) => {
+            let mut body = json!({"success": true});
+            if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
+                b.extend(f.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            body
+        }
+        Err(e) => json!({"success": false, "error": {"code": e.code(), "message": e.to_string()}}),
+    }
+}

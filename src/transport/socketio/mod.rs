@@ -1,0 +1,204 @@
+//! Socket.IO v4 (Engine.IO v4, protocol v5) on `/socket.io/`, through socketioxide.
+//!
+//! socketioxide runs each async event handler in its own task, which would let two events of
+//! one connection overtake each other. So the handlers do their work in an extractor
+//! (`Enqueue`), which socketioxide runs synchronously, in arrival order, on the connection's
+//! read path: it puts the event on the connection's queue, and one worker task per connection
+//! takes events from that queue one at a time and calls `ChatService`. The handlers, the
+//! queue and the worker are set up in a connect middleware, before the client is told it is
+//! connected, so no event can arrive before them.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::Socket;
+use socketioxide::{SendError, SocketError, SocketIo};
+use tokio::sync::mpsc;
+
+use crate::auth::Credentials;
+use crate::chat::conn::{ClientSink, SinkError};
+use crate::chat::wire::{self, ServerEvent};
+use crate::chat::{ChatError, ChatService, Session};
+use crate::transport::{ack_body, dispatch};
+
+/// Events a connection may have waiting; past this a client is flooding and further events
+/// are refused with `rate_limited` until the queue drains.
+const MAX_PENDING_EVENTS: usize = 256;
+
+#[derive(Clone)]
+pub struct SocketIoConfig {
+    pub max_payload_bytes: u64,
+    /// Outbound packets buffered per connection before it counts as a slow consumer.
+    pub max_buffered_packets: usize,
+}
+
+enum Job {
+    Event {
+        name: String,
+        data: Result<Value, String>,
+        ack: AckSender,
+    },
+    HandshakeAuth(Credentials),
+    Disconnect,
+}
+
+#[derive(Clone)]
+struct JobQueue {
+    tx: mpsc::UnboundedSender<Job>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// A Socket.IO connection as `chat` sees it.
+struct SocketIoSink(SocketRef);
+
+impl ClientSink for SocketIoSink {
+    fn send(&self, event: &Arc<ServerEvent>) -> Result<(), SinkError> {
+        match self.0.emit(event.name, &event.data) {
+            Ok(()) => Ok(()),
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(SinkError::Full),
+            Err(_) => Err(SinkError::Closed),
+        }
+    }
+
+    fn close(&self) {
+        let _ = self.0.clone().disconnect();
+    }
+}
+
+/// Puts the event on the connection's queue (runs synchronously, in arrival order).
+struct Enqueue;
+
+impl FromMessageParts<LocalAdapter> for Enqueue {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        s: &Arc<Socket<LocalAdapter>>,
+        v: &mut socketioxide_core::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let name = Event::from_message_parts(s, v, ack_id)
+            .map(|e| e.0)
+            .unwrap_or_default();
+        let Ok(TryData(data)) = TryData::<Value>::from_message_parts(s, v, ack_id);
+        let Ok(ack) = AckSender::from_message_parts(s, v, ack_id);
+        let Some(queue) = s.extensions.get::<JobQueue>() else {
+            return Ok(Enqueue);
+        };
+        if queue.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_EVENTS {
+            queue.pending.fetch_sub(1, Ordering::AcqRel);
+            let e = ChatError::RateLimited;
+            let _ = s.emit(wire::ERROR, &e.body());
+            let _ = ack.send(&ack_body(&Err(e)));
+            return Ok(Enqueue);
+        }
+        let data = data.map_err(|e| e.to_string());
+        let _ = queue.tx.send(Job::Event { name, data, ack });
+        Ok(Enqueue)
+    }
+}
+
+/// Builds the Socket.IO layer (mounted by the composition root) and its handle.
+pub fn build(chat: Arc<ChatService>, cfg: SocketIoConfig) -> (SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder()
+        .max_payload(cfg.max_payload_bytes)
+        .ws_max_message_size(cfg.max_payload_bytes as usize)
+        .ws_max_frame_size(cfg.max_payload_bytes as usize)
+        .max_buffer_size(cfg.max_buffered_packets)
+        .build_layer();
+    let setup = move |s: SocketRef, TryData(auth): TryData<Value>| {
+        let chat = chat.clone();
+        async move {
+            setup_connection(chat, s, auth.ok());
+            Ok::<(), Infallible>(())
+        }
+    };
+    io.ns("/", (async |_: SocketRef| {}).with(setup));
+    (layer, io)
+}
+
+fn setup_connection(chat: Arc<ChatService>, s: SocketRef, auth: Option<Value>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = JobQueue {
+        tx,
+        pending: Arc::new(AtomicUsize::new(0)),
+    };
+    if let Some(credentials) = auth.as_ref().and_then(handshake_credentials) {
+        let _ = queue.tx.send(Job::HandshakeAuth(credentials));
+    }
+    s.extensions.insert(queue.clone());
+    for event in wire::CLIENT_EVENTS {
+        s.on(event, async |_: Enqueue| {});
+    }
+    s.on_fallback(async |_: Enqueue| {});
+    let disconnect_queue = queue.clone();
+    s.on_disconnect(async move || {
+        let _ = disconnect_queue.tx.send(Job::Disconnect);
+    });
+    let session = Session::new(Arc::new(SocketIoSink(s)));
+    tokio::spawn(run_connection(chat, session, rx, queue.pending));
+}
+
+/// The connection's worker: one event at a time, in arrival order.
+async fn run_connection(
+    chat: Arc<ChatService>,
+    mut session: Session,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    pending: Arc<AtomicUsize>,
+) {
+    let sink = session_sink(&session);
+    while let Some(job) = rx.recv().await {
+        match job {
+            Job::Event { name, data, ack } => {
+                pending.fetch_sub(1, Ordering::AcqRel);
+                let result = dispatch(&chat, &mut session, &name, data).await;
+                if let Err(e) = &result {
+                    let _ = sink.send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
+                }
+                let _ = ack.send(&ack_body(&result));
+                if let Err(e) = &result
+                    && e.closes_connection()
+                {
+                    sink.close();
+                }
+            }
+            Job::HandshakeAuth(credentials) => {
+                if let Err(e) = chat.authenticate(&mut session, credentials).await {
+                    let _ = sink.send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
+                    if e.closes_connection() {
+                        sink.close();
+                    }
+                }
+            }
+            Job::Disconnect => {
+                chat.disconnect(&mut session).await;
+                break;
+            }
+        }
+    }
+}
+
+/// The handshake `auth` object authenticates when it carries a `token` (or, with
+/// `AUTH_MODE=none`, a `userId`).
+fn handshake_credentials(auth: &Value) -> Option<Credentials> {
+    let text = |k: &str| match auth.get(k)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let credentials = Credentials {
+        token: text("token"),
+        user_id: text("userId"),
+        username: text("username"),
+    };
+    (credentials.token.is_some() || credentials.user_id.is_some()).then_some(credentials)
+}
+
+fn session_sink(session: &Session) -> Arc<dyn ClientSink> {
+    session.sink().clone()
+}
