@@ -14,6 +14,8 @@ use axum::http::{HeaderValue, Method};
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::auth::{Authenticator, jwt::JwtAuth, none::NoAuth};
@@ -29,6 +31,8 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     io: SocketIo,
+    workers: TaskTracker,
+    stop_workers: CancellationToken,
     chat: Arc<ChatService>,
     store: Arc<dyn MessageStore>,
     shutdown_timeout: Duration,
@@ -89,9 +93,13 @@ impl App {
             registry,
         ));
 
+        let workers = TaskTracker::new();
+        let stop_workers = CancellationToken::new();
         let (sio_layer, io) = socketio::build(
             chat.clone(),
             socketio::SocketIoConfig {
+                workers: workers.clone(),
+                shutdown: stop_workers.clone(),
                 max_payload_bytes: cfg.max_payload_bytes,
                 max_buffered_packets: 1024,
             },
@@ -109,6 +117,8 @@ impl App {
             listener,
             router,
             io,
+            workers,
+            stop_workers,
             chat,
             store,
             shutdown_timeout: cfg.shutdown_timeout,
@@ -132,6 +142,8 @@ impl App {
             listener,
             router,
             io,
+            workers,
+            stop_workers,
             chat,
             store,
             shutdown_timeout,
@@ -154,6 +166,17 @@ impl App {
         let server = tokio::spawn(async move { server.await });
 
         shutdown.await;
+        tracing::info!("shutting down: finishing in-flight events");
+        // Each connection's worker finishes the events it already received, acks them while
+        // the connection is still open, and leaves its rooms; then the transports close.
+        stop_workers.cancel();
+        workers.close();
+        if tokio::time::timeout(shutdown_timeout, workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connection workers did not finish in time");
+        }
         tracing::info!("shutting down: closing connections");
         if tokio::time::timeout(shutdown_timeout, io.close())
             .await

@@ -101,7 +101,12 @@ pub struct Cli {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// RS256/ES256 public key, PEM (AUTH_MODE=jwt)
-    #[arg(long, env = "JWT_PUBLIC_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JWT_PUBLIC_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub jwt_public_key: Option<String>,
     /// Required `iss` claim
     #[arg(long, env = "JWT_ISSUER")]

@@ -20,6 +20,8 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Credentials;
 use crate::chat::conn::{ClientSink, SinkError};
@@ -34,6 +36,11 @@ const MAX_PENDING_EVENTS: usize = 256;
 #[derive(Clone)]
 pub struct SocketIoConfig {
     pub max_payload_bytes: u64,
+    /// Tracks the connection workers, so shutdown can wait for their in-flight events.
+    pub workers: TaskTracker,
+    /// Cancelled at shutdown: each worker finishes the events it already received (acking
+    /// them while the connection is still open), leaves its rooms and stops.
+    pub shutdown: CancellationToken,
     /// Outbound packets buffered per connection before it counts as a slow consumer.
     pub max_buffered_packets: usize,
 }
@@ -111,10 +118,14 @@ pub fn build(chat: Arc<ChatService>, cfg: SocketIoConfig) -> (SocketIoLayer, Soc
         .ws_max_frame_size(cfg.max_payload_bytes as usize)
         .max_buffer_size(cfg.max_buffered_packets)
         .build_layer();
+    let workers = cfg.workers.clone();
+    let shutdown = cfg.shutdown.clone();
     let setup = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let chat = chat.clone();
+        let workers = workers.clone();
+        let shutdown = shutdown.clone();
         async move {
-            setup_connection(chat, s, auth.ok());
+            setup_connection(chat, &workers, shutdown, s, auth.ok());
             Ok::<(), Infallible>(())
         }
     };
@@ -122,7 +133,13 @@ pub fn build(chat: Arc<ChatService>, cfg: SocketIoConfig) -> (SocketIoLayer, Soc
     (layer, io)
 }
 
-fn setup_connection(chat: Arc<ChatService>, s: SocketRef, auth: Option<Value>) {
+fn setup_connection(
+    chat: Arc<ChatService>,
+    workers: &TaskTracker,
+    shutdown: CancellationToken,
+    s: SocketRef,
+    auth: Option<Value>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queue = JobQueue {
         tx,
@@ -141,7 +158,7 @@ fn setup_connection(chat: Arc<ChatService>, s: SocketRef, auth: Option<Value>) {
         let _ = disconnect_queue.tx.send(Job::Disconnect);
     });
     let session = Session::new(Arc::new(SocketIoSink(s)));
-    tokio::spawn(run_connection(chat, session, rx, queue.pending));
+    workers.spawn(run_connection(chat, session, rx, queue.pending, shutdown));
 }
 
 /// The connection's worker: one event at a time, in arrival order.
@@ -150,36 +167,65 @@ async fn run_connection(
     mut session: Session,
     mut rx: mpsc::UnboundedReceiver<Job>,
     pending: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
 ) {
-    let sink = session_sink(&session);
-    while let Some(job) = rx.recv().await {
-        match job {
-            Job::Event { name, data, ack } => {
-                pending.fetch_sub(1, Ordering::AcqRel);
-                let result = dispatch(&chat, &mut session, &name, data).await;
-                if let Err(e) = &result {
-                    let _ = sink.send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
+    loop {
+        let job = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                while let Ok(job) = rx.try_recv() {
+                    if !handle(&chat, &mut session, job, &pending).await {
+                        return;
+                    }
                 }
-                let _ = ack.send(&ack_body(&result));
-                if let Err(e) = &result
-                    && e.closes_connection()
-                {
+                chat.disconnect(&mut session).await;
+                return;
+            }
+            job = rx.recv() => job,
+        };
+        let Some(job) = job else {
+            break;
+        };
+        if !handle(&chat, &mut session, job, &pending).await {
+            break;
+        }
+    }
+    chat.disconnect(&mut session).await;
+}
+
+/// Handles one job; false when the connection is gone.
+async fn handle(
+    chat: &ChatService,
+    session: &mut Session,
+    job: Job,
+    pending: &AtomicUsize,
+) -> bool {
+    let sink = session.sink().clone();
+    match job {
+        Job::Event { name, data, ack } => {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            let result = dispatch(chat, session, &name, data).await;
+            if let Err(e) = &result {
+                let _ = sink.send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
+            }
+            let _ = ack.send(&ack_body(&result));
+            if let Err(e) = &result
+                && e.closes_connection()
+            {
+                sink.close();
+            }
+            true
+        }
+        Job::HandshakeAuth(credentials) => {
+            if let Err(e) = chat.authenticate(session, credentials).await {
+                let _ = sink.send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
+                if e.closes_connection() {
                     sink.close();
                 }
             }
-            Job::HandshakeAuth(credentials) => {
-                if let Err(e) = chat.authenticate(&mut session, credentials).await {
-                    let _ = sink.send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
-                    if e.closes_connection() {
-                        sink.close();
-                    }
-                }
-            }
-            Job::Disconnect => {
-                chat.disconnect(&mut session).await;
-                break;
-            }
+            true
         }
+        Job::Disconnect => false,
     }
 }
 
@@ -197,8 +243,4 @@ fn handshake_credentials(auth: &Value) -> Option<Credentials> {
         username: text("username"),
     };
     (credentials.token.is_some() || credentials.user_id.is_some()).then_some(credentials)
-}
-
-fn session_sink(session: &Session) -> Arc<dyn ClientSink> {
-    session.sink().clone()
 }

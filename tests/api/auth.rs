@@ -1,0 +1,217 @@
+//! SPEC 5: AUTH_MODE=jwt (HS256 secret, ES256 public key): identity from the token only,
+//! failures keep the connection unauthenticated, handshake auth, REST Bearer.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::support::{SioClient, fixture, spawn_app_with};
+
+const SECRET: &str = "test-secret-please-change";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn jwt_identity_comes_from_the_token_not_the_claimed_fields() {
+    let app = spawn_app_with(&["--auth-mode", "jwt", "--jwt-secret", SECRET]).await;
+    let mut c = app.client().await;
+    let token = hs256(
+        json!({"sub": "real-id", "username": "Real", "exp": now() + 600}),
+        SECRET,
+    );
+    let ack = c
+        .emit_ack(
+            "authenticate",
+            json!({"userId": "claimed", "username": "Claimed", "token": token}),
+        )
+        .await;
+    assert_eq!(
+        ack,
+        json!({"success": true, "userId": "real-id", "username": "Real"})
+    );
+    assert_eq!(
+        c.event("authenticated").await,
+        json!({"userId": "real-id", "username": "Real"})
+    );
+    c.join("jr").await;
+    assert_eq!(c.say("jr", "hi").await["success"], true);
+    assert_eq!(c.event("new_message").await["userId"], "real-id");
+}
+
+#[tokio::test]
+async fn bad_missing_and_expired_tokens_leave_the_connection_unauthenticated() {
+    let app = spawn_app_with(&["--auth-mode", "jwt", "--jwt-secret", SECRET]).await;
+    let mut c = app.client().await;
+    let cases = [
+        (json!({"userId": "u", "username": "u"}), "auth_failed"),
+        (json!({"token": "not.a.jwt"}), "auth_failed"),
+        (
+            json!({"token": hs256(json!({"sub": "u", "exp": now() + 600}), "wrong-secret")}),
+            "auth_failed",
+        ),
+        (
+            json!({"token": hs256(json!({"sub": "u"}), SECRET)}),
+            "auth_failed",
+        ),
+        (
+            json!({"token": hs256(json!({"sub": "u", "exp": now() - 10}), SECRET)}),
+            "token_expired",
+        ),
+    ];
+    for (payload, code) in cases {
+        let ack = c.emit_ack("authenticate", payload.clone()).await;
+        assert_eq!(ack["error"]["code"], code, "{payload}");
+        assert_eq!(c.event("error").await["code"], code);
+        let ack = c.emit_ack("join_room", json!({"roomId": "x"})).await;
+        assert_eq!(ack["error"]["code"], "not_authenticated");
+        c.event("error").await;
+    }
+}
+
+#[tokio::test]
+async fn handshake_auth_token_authenticates_at_connect() {
+    let app = spawn_app_with(&["--auth-mode", "jwt", "--jwt-secret", SECRET]).await;
+    let token = hs256(
+        json!({"sub": "hs", "name": "Hand Shake", "exp": now() + 600}),
+        SECRET,
+    );
+    let mut c = SioClient::connect(app.addr, Some(json!({"token": token}))).await;
+    assert_eq!(
+        c.event("authenticated").await,
+        json!({"userId": "hs", "username": "Hand Shake"})
+    );
+    c.join("hand").await;
+    let mut bad = SioClient::connect(app.addr, Some(json!({"token": "garbage"}))).await;
+    assert_eq!(bad.event("error").await["code"], "auth_failed");
+}
+
+#[tokio::test]
+async fn es256_public_key_with_issuer_and_audience() {
+    let public = std::fs::read_to_string(fixture("ec-public.pem")).unwrap();
+    let private = std::fs::read(fixture("ec-private.pem")).unwrap();
+    let app = spawn_app_with(&[
+        "--auth-mode",
+        "jwt",
+        &format!("--jwt-public-key={public}"),
+        "--jwt-issuer",
+        "auth.example",
+        "--jwt-audience",
+        "chat",
+    ])
+    .await;
+    let key = EncodingKey::from_ec_pem(&private).unwrap();
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap()
+    };
+    let good =
+        sign(json!({"sub": "ec-user", "iss": "auth.example", "aud": "chat", "exp": now() + 600}));
+    let wrong_iss =
+        sign(json!({"sub": "ec-user", "iss": "evil", "aud": "chat", "exp": now() + 600}));
+    let wrong_aud =
+        sign(json!({"sub": "ec-user", "iss": "auth.example", "aud": "other", "exp": now() + 600}));
+    let mut c = app.client().await;
+    assert_eq!(
+        c.emit_ack("authenticate", json!({"token": wrong_iss}))
+            .await["error"]["code"],
+        "auth_failed"
+    );
+    assert_eq!(
+        c.emit_ack("authenticate", json!({"token": wrong_aud}))
+            .await["error"]["code"],
+        "auth_failed"
+    );
+    // An HS256 token signed with the public key text must not pass (algorithm confusion).
+    let confused = hs256(
+        json!({"sub": "x", "iss": "auth.example", "aud": "chat", "exp": now() + 600}),
+        &public,
+    );
+    assert_eq!(
+        c.emit_ack("authenticate", json!({"token": confused})).await["error"]["code"],
+        "auth_failed"
+    );
+    let ack = c
+        .emit_ack("authenticate", json!({"token": good.clone()}))
+        .await;
+    assert_eq!(ack["userId"], "ec-user");
+    let bearer = format!("Bearer {good}");
+    let (status, _) = app
+        .get_with("/api/chat/any/history", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn rest_requires_a_valid_bearer_token_in_jwt_mode() {
+    let app = spawn_app_with(&["--auth-mode", "jwt", "--jwt-secret", SECRET]).await;
+    let good = format!(
+        "Bearer {}",
+        hs256(json!({"sub": "r", "exp": now() + 600}), SECRET)
+    );
+    let expired = format!(
+        "Bearer {}",
+        hs256(json!({"sub": "r", "exp": now() - 5}), SECRET)
+    );
+    let (status, body) = app.get("/api/chat/room-123/history").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("auth_failed"))
+    );
+    let (status, body) = app
+        .get_with("/api/chat/room-123/history", &[("authorization", &expired)])
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("token_expired"))
+    );
+    let (status, _) = app
+        .get_with(
+            "/api/chat/room-123/history",
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
+    assert_eq!(status, 401);
+    // X-User-Id means nothing when tokens are checked.
+    let (status, _) = app.get_with("/api/chat/rooms", &[("x-user-id", "r")]).await;
+    assert_eq!(status, 401);
+    let (status, body) = app
+        .get_with("/api/chat/room-123/history", &[("authorization", &good)])
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"success": true, "messages": []}))
+    );
+    assert_eq!(app.get("/health").await.0, 200);
+}
+
+#[tokio::test]
+async fn misconfigured_jwt_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = chat_service::config::Config::from_args([
+        "chat-service",
+        "--port",
+        "0",
+        "--auth-mode",
+        "jwt",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let err = chat_service::app::App::build(cfg)
+        .await
+        .err()
+        .expect("must not start");
+    assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+}

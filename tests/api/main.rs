@@ -1,0 +1,10 @@
+//! Black-box tests: the real app on port 0 (`spawn_app()`), driven over Socket.IO and REST.
+
+mod support;
+
+mod auth;
+mod limits;
+mod persistence;
+mod rest;
+mod socket_events;
+mod validation;

@@ -1,0 +1,437 @@
+//! Test support: `spawn_app()` runs the real app in-process on port 0 with a fresh data
+//! folder; `SioClient` is a minimal Socket.IO v5 client over WebSocket (Engine.IO v4) that
+//! records every event it receives, so tests can wait for events instead of sleeping.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_service::app::App;
+use chat_service::config::Config;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub data_dir: Arc<tempfile::TempDir>,
+    args: Vec<String>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts the app with extra command-line settings (e.g. `["--history-on-join", "5"]`).
+pub async fn spawn_app_with(args: &[&str]) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    start(dir, args.iter().map(|s| s.to_string()).collect()).await
+}
+
+async fn start(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> TestApp {
+    let mut argv: Vec<String> = vec![
+        "chat-service".into(),
+        "--port".into(),
+        "0".into(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+    ];
+    argv.extend(args.iter().cloned());
+    let cfg = Config::from_args(argv).expect("test config");
+    let app = App::build(cfg).await.expect("app builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("app runs");
+    });
+    TestApp {
+        addr,
+        data_dir: dir,
+        args,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful shutdown (as on SIGTERM); waits until the app has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("app stops in time")
+                .expect("app task");
+        }
+    }
+
+    /// Stops the app and starts a new one on the same data folder and settings.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        start(self.data_dir.clone(), self.args.clone()).await
+    }
+
+    pub async fn client(&self) -> SioClient {
+        SioClient::connect(self.addr, None).await
+    }
+
+    /// A client already authenticated as `user` (name = user).
+    pub async fn user(&self, user: &str) -> SioClient {
+        let mut c = self.client().await;
+        let ack = c
+            .emit_ack("authenticate", json!({"userId": user, "username": user}))
+            .await;
+        assert_eq!(ack["success"], true, "authenticate {user}: {ack}");
+        c.event("authenticated").await;
+        c
+    }
+
+    /// A client authenticated as `user` that has joined `room` (history and users consumed).
+    pub async fn member(&self, user: &str, room: &str) -> SioClient {
+        let mut c = self.user(user).await;
+        c.join(room).await;
+        c
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_with(path, &[]).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = reqwest::Client::new().get(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("http get");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = reqwest::Client::new().post(self.url(path)).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("http post");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Message texts of a room's stored history (REST), oldest first.
+    pub async fn stored_texts(&self, room: &str) -> Vec<String> {
+        let (status, body) = self
+            .get(&format!("/api/chat/{room}/history?limit=1000"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["message"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    events: VecDeque<(String, Value)>,
+    acks: HashMap<u64, oneshot::Sender<Value>>,
+    closed: bool,
+}
+
+/// A Socket.IO client speaking the raw protocol over WebSocket.
+pub struct SioClient {
+    out: mpsc::UnboundedSender<WsMessage>,
+    inbox: Arc<Mutex<Inbox>>,
+    notify: Arc<Notify>,
+    next_ack: u64,
+}
+
+impl SioClient {
+    pub async fn connect(addr: SocketAddr, auth: Option<Value>) -> SioClient {
+        Self::try_connect(addr, auth)
+            .await
+            .expect("socket.io connect")
+    }
+
+    pub async fn try_connect(addr: SocketAddr, auth: Option<Value>) -> Result<SioClient, String> {
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut write, mut read) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if write.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = write.close().await;
+        });
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        let notify = Arc::new(Notify::new());
+        let (connected_tx, connected_rx) = oneshot::channel::<Result<(), String>>();
+        {
+            let inbox = inbox.clone();
+            let notify = notify.clone();
+            let out = out.clone();
+            tokio::spawn(async move {
+                let mut connected = Some(connected_tx);
+                while let Some(Ok(frame)) = read.next().await {
+                    let WsMessage::Text(text) = frame else {
+                        if let WsMessage::Close(_) = frame {
+                            break;
+                        }
+                        continue;
+                    };
+                    let text = text.as_str();
+                    match text.as_bytes().first() {
+                        Some(b'2') => {
+                            let _ = out.send(WsMessage::text("3"));
+                        }
+                        Some(b'4') => {
+                            let packet = &text[1..];
+                            match packet.as_bytes().first() {
+                                Some(b'0') => {
+                                    if let Some(tx) = connected.take() {
+                                        let _ = tx.send(Ok(()));
+                                    }
+                                }
+                                Some(b'4') => {
+                                    if let Some(tx) = connected.take() {
+                                        let _ = tx.send(Err(packet[1..].to_string()));
+                                    }
+                                }
+                                Some(b'1') => {
+                                    inbox
+                                        .lock()
+                                        .events
+                                        .push_back(("__disconnect".into(), Value::Null));
+                                }
+                                Some(b'2') => {
+                                    if let Ok(Value::Array(mut args)) =
+                                        serde_json::from_str(&packet[1..])
+                                    {
+                                        let name =
+                                            args.remove(0).as_str().unwrap_or("").to_string();
+                                        let data = if args.is_empty() {
+                                            Value::Null
+                                        } else {
+                                            args.remove(0)
+                                        };
+                                        inbox.lock().events.push_back((name, data));
+                                    }
+                                }
+                                Some(b'3') => {
+                                    let rest = &packet[1..];
+                                    let digits =
+                                        rest.bytes().take_while(u8::is_ascii_digit).count();
+                                    let id: u64 = rest[..digits].parse().unwrap_or(0);
+                                    let data = match serde_json::from_str(&rest[digits..]) {
+                                        Ok(Value::Array(mut a)) if !a.is_empty() => a.remove(0),
+                                        _ => Value::Null,
+                                    };
+                                    if let Some(tx) = inbox.lock().acks.remove(&id) {
+                                        let _ = tx.send(data);
+                                    }
+                                }
+                                _ => {}
+                            }
+                            notify.notify_waiters();
+                        }
+                        _ => {}
+                    }
+                }
+                {
+                    let mut inbox = inbox.lock();
+                    inbox.closed = true;
+                    // Pending acks will never come: their receivers see the sender dropped.
+                    inbox.acks.clear();
+                }
+                notify.notify_waiters();
+            });
+        }
+        let open = match &auth {
+            Some(a) => format!("40{a}"),
+            None => "40".into(),
+        };
+        out.send(WsMessage::text(open)).map_err(|e| e.to_string())?;
+        tokio::time::timeout(WAIT, connected_rx)
+            .await
+            .map_err(|_| "no connect packet".to_string())?
+            .map_err(|_| "closed before connect".to_string())??;
+        Ok(SioClient {
+            out,
+            inbox,
+            notify,
+            next_ack: 0,
+        })
+    }
+
+    /// Emits without an ack.
+    pub fn emit(&self, event: &str, data: Value) {
+        let _ = self
+            .out
+            .send(WsMessage::text(format!("42{}", json!([event, data]))));
+    }
+
+    /// Emits with an ack request and returns a receiver of the ack (to pipeline emits).
+    pub fn emit_with_ack(&mut self, event: &str, data: Value) -> oneshot::Receiver<Value> {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let (tx, rx) = oneshot::channel();
+        self.inbox.lock().acks.insert(id, tx);
+        let _ = self
+            .out
+            .send(WsMessage::text(format!("42{id}{}", json!([event, data]))));
+        rx
+    }
+
+    pub async fn emit_ack(&mut self, event: &str, data: Value) -> Value {
+        let rx = self.emit_with_ack(event, data);
+        tokio::time::timeout(WAIT, rx)
+            .await
+            .unwrap_or_else(|_| panic!("no ack for {event} within {WAIT:?}"))
+            .expect("ack channel")
+    }
+
+    /// Waits for the next (oldest unconsumed) event named `name` and consumes it.
+    pub async fn event(&mut self, name: &str) -> Value {
+        self.event_where(name, |_| true).await
+    }
+
+    /// Waits for the oldest unconsumed `name` event that satisfies `pred`, and consumes it.
+    pub async fn event_where(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.event_within(name, pred, WAIT).await
+    }
+
+    /// Like `event_where` with a custom deadline.
+    pub async fn event_within(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        wait: Duration,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut inbox = self.inbox.lock();
+                if let Some(i) = inbox.events.iter().position(|(n, v)| n == name && pred(v)) {
+                    return inbox.events.remove(i).expect("index").1;
+                }
+                if inbox.closed {
+                    panic!(
+                        "connection closed while waiting for {name}; got {:?}",
+                        inbox.events
+                    );
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "no {name} event within {wait:?}; got {:?}",
+                    self.inbox.lock().events
+                );
+            }
+        }
+    }
+
+    /// Unconsumed events named `name` received so far (not waiting).
+    pub fn received(&self, name: &str) -> Vec<Value> {
+        self.inbox
+            .lock()
+            .events
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Waits until the server closes the connection (Socket.IO disconnect or socket close).
+    pub async fn closed(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let inbox = self.inbox.lock();
+                if inbox.closed || inbox.events.iter().any(|(n, _)| n == "__disconnect") {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("connection not closed within {WAIT:?}");
+            }
+        }
+    }
+
+    /// Joins a room and returns (message_history, room_users).
+    pub async fn join(&mut self, room: &str) -> (Value, Value) {
+        let ack = self.emit_ack("join_room", json!({"roomId": room})).await;
+        assert_eq!(ack, json!({"success": true, "roomId": room}));
+        let history = self.event("message_history").await;
+        let users = self.event("room_users").await;
+        (history, users)
+    }
+
+    /// Sends a message and returns its ack.
+    pub async fn say(&mut self, room: &str, text: &str) -> Value {
+        let ack = self
+            .emit_ack("send_message", json!({"roomId": room, "message": text}))
+            .await;
+        assert_eq!(ack["success"], true, "send: {ack}");
+        ack
+    }
+
+    /// Closes the connection from the client side.
+    pub fn disconnect(&self) {
+        let _ = self.out.send(WsMessage::text("41"));
+        let _ = self.out.send(WsMessage::Close(None));
+    }
+}
+
+/// The sorted keys of a JSON object.
+pub fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/api/fixtures")
+        .join(name)
+}
