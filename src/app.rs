@@ -25,7 +25,7 @@ use crate::chat::rooms::RoomRegistry;
 use crate::config::{AuthConfig, Config, CorsConfig, StorageKind};
 use crate::presence::memory::MemoryPresence;
 use crate::store::{MessageStore, embedded::EmbeddedStore};
-use crate::transport::{http, socketio};
+use crate::transport::{http, page, socketio, ws};
 
 pub struct App {
     listener: TcpListener,
@@ -104,8 +104,26 @@ impl App {
                 max_buffered_packets: 1024,
             },
         );
+        let allowed_origins = match &cfg.cors {
+            CorsConfig::Any => None,
+            CorsConfig::List(list) => Some(list.clone()),
+        };
+        let ws_routes = ws::router(
+            chat.clone(),
+            ws::WsConfig {
+                max_payload_bytes: cfg.max_payload_bytes as usize,
+                max_queued_frames: 1024,
+                ping_interval: Duration::from_secs(25),
+                ping_timeout: Duration::from_secs(20),
+                allowed_origins,
+                workers: workers.clone(),
+                shutdown: stop_workers.clone(),
+            },
+            page::index,
+        );
         let router = http::router(http::HttpState { chat: chat.clone() })
-            .merge(crate::transport::page::router())
+            .merge(page::router())
+            .merge(ws_routes)
             .layer(sio_layer)
             .layer(DefaultBodyLimit::max(cfg.max_payload_bytes as usize))
             .layer(cors_layer(&cfg.cors));

@@ -68,14 +68,20 @@ impl JwtAuth {
         validation.algorithms = algorithms;
         validation.leeway = 0;
         validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer/audience is required, not only checked when present.
+        let mut required = vec!["exp"];
         if let Some(iss) = &cfg.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &cfg.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self { key, validation })
     }
 }

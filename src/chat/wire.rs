@@ -49,7 +49,8 @@ impl ServerEvent {
 
     /// The raw-WebSocket frame `{"event": name, "data": data}`, encoded once.
     pub fn ws_frame(&self) -> &str {
+        // Event names are fixed ASCII identifiers (the constants above): no escaping needed.
         self.ws_frame
-            .get_or_init(|| serde_json::json!({"event": self.name, "data": self.data}).to_string())
+            .get_or_init(|| format!(r#"{{"event":"{}","data":{}}}"#, self.name, self.data))
     }
 }

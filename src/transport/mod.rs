@@ -1,4 +1,4 @@
-//! The wire: Socket.IO (`socketio/`), plain WebSocket JSON frames (`ws/`, next) and REST
+//! The wire: Socket.IO (`socketio/`), plain WebSocket JSON frames (`ws/`) and REST
 //! (`http/`). Each turns frames into the commands of `chat` and results back into frames;
 //! no rule of the chat lives here. `dispatch` is the one place where a client event of either
 //! socket transport becomes a `ChatService` call and its ack.
@@ -7,6 +7,7 @@ pub mod dto;
 pub mod http;
 pub mod page;
 pub mod socketio;
+pub mod ws;
 
 use serde_json::{Value, json};
 

@@ -22,7 +22,6 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 pub fn router() -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/app.css", get(app_css))
         .route("/socket.io.min.js", get(socket_io_js))
@@ -40,7 +39,8 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (headers, body)
 }
 
-async fn index() -> impl IntoResponse {
+/// The page itself; `GET /` is shared with the raw WebSocket, which falls back to this.
+pub async fn index() -> impl IntoResponse {
     (
         [
             (header::CONTENT_SECURITY_POLICY, CSP),

@@ -122,17 +122,13 @@ async fn es256_public_key_with_issuer_and_audience() {
         sign(json!({"sub": "ec-user", "iss": "evil", "aud": "chat", "exp": now() + 600}));
     let wrong_aud =
         sign(json!({"sub": "ec-user", "iss": "auth.example", "aud": "other", "exp": now() + 600}));
+    let no_iss = sign(json!({"sub": "ec-user", "aud": "chat", "exp": now() + 600}));
+    let no_aud = sign(json!({"sub": "ec-user", "iss": "auth.example", "exp": now() + 600}));
     let mut c = app.client().await;
-    assert_eq!(
-        c.emit_ack("authenticate", json!({"token": wrong_iss}))
-            .await["error"]["code"],
-        "auth_failed"
-    );
-    assert_eq!(
-        c.emit_ack("authenticate", json!({"token": wrong_aud}))
-            .await["error"]["code"],
-        "auth_failed"
-    );
+    for token in [wrong_iss, wrong_aud, no_iss, no_aud] {
+        let ack = c.emit_ack("authenticate", json!({"token": token})).await;
+        assert_eq!(ack["error"]["code"], "auth_failed", "{ack}");
+    }
     // An HS256 token signed with the public key text must not pass (algorithm confusion).
     let confused = hs256(
         json!({"sub": "x", "iss": "auth.example", "aud": "chat", "exp": now() + 600}),

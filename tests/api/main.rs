@@ -5,6 +5,7 @@ mod support;
 mod auth;
 mod limits;
 mod persistence;
+mod raw_ws;
 mod rest;
 mod socket_events;
 mod validation;

@@ -9,9 +9,12 @@
 //! connected, so no event can arrive before them.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
@@ -129,7 +132,7 @@ pub fn build(chat: Arc<ChatService>, cfg: SocketIoConfig) -> (SocketIoLayer, Soc
             Ok::<(), Infallible>(())
         }
     };
-    io.ns("/", (async |_: SocketRef| {}).with(setup));
+    io.ns("/", start_worker.with(setup));
     (layer, io)
 }
 
@@ -157,8 +160,31 @@ fn setup_connection(
     s.on_disconnect(async move || {
         let _ = disconnect_queue.tx.send(Job::Disconnect);
     });
-    let session = Session::new(Arc::new(SocketIoSink(s)));
-    workers.spawn(run_connection(chat, session, rx, queue.pending, shutdown));
+    let session = Session::new(Arc::new(SocketIoSink(s.clone())));
+    let worker = run_connection(chat, session, rx, queue.pending, shutdown);
+    s.extensions.insert(PendingWorker(Arc::new(Mutex::new(Some(
+        workers.track_future(Box::pin(worker) as Pin<Box<dyn Future<Output = ()> + Send>>),
+    )))));
+}
+
+/// The worker of a connection, built by the middleware, started by the connect handler.
+#[derive(Clone)]
+struct PendingWorker(Arc<Mutex<Option<TrackedWorker>>>);
+
+type TrackedWorker =
+    tokio_util::task::task_tracker::TrackedFuture<Pin<Box<dyn Future<Output = ()> + Send>>>;
+
+/// The connect handler runs once the client has been told it is connected; only then can the
+/// worker emit (an emit before that is dropped by socketioxide). Events that arrived in between
+/// wait in the queue, in order.
+async fn start_worker(s: SocketRef) {
+    let worker = s
+        .extensions
+        .get::<PendingWorker>()
+        .and_then(|p| p.0.lock().take());
+    if let Some(worker) = worker {
+        tokio::spawn(worker);
+    }
 }
 
 /// The connection's worker: one event at a time, in arrival order.

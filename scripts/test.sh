@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite: format, lints, the Rust black-box tests, the official socket.io-client
+# end-to-end suite (polling, websocket and upgrade), and the real-browser test of the page.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "Rust tests (unit + black-box through spawn_app)"
+cargo test --locked
+
+step "build the binary for the end-to-end suites"
+cargo build --locked
+export CHAT_BIN="$PWD/target/debug/chat-service"
+
+step "socket.io-client e2e suite"
+(cd e2e && npm test)
+
+step "browser test (Debian Chromium via playwright-core)"
+(cd e2e && npm run test:browser)
+
+printf '\nall test suites passed\n'
