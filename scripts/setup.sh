@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, on a fresh Debian machine:
-# Node.js + npm, Debian's Chromium (browser test), and the e2e npm packages.
+# Node.js + npm, Debian's Chromium (browser test), the e2e npm packages, and the Python venv
+# (.venv/) of the python-socketio client test.
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,9 @@ missing=()
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Debian's python3 has the venv module but no ensurepip until python3-venv is installed.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -21,4 +25,13 @@ fi
 if [ ! -f e2e/node_modules/.package-lock.json ] || [ e2e/package-lock.json -nt e2e/node_modules/.package-lock.json ]; then
   echo "setup: npm ci in e2e/"
   (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Python venv of e2e/python (python-socketio client): created when missing, reinstalled when
+# requirements.txt is newer than the stamp written after the last successful install.
+if [ ! -x .venv/bin/python ] || [ ! -f .venv/.requirements-stamp ] || [ e2e/python/requirements.txt -nt .venv/.requirements-stamp ]; then
+  echo "setup: python venv .venv/ + pip install -r e2e/python/requirements.txt"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r e2e/python/requirements.txt
+  touch .venv/.requirements-stamp
 fi

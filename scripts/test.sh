@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: format, lints, the Rust black-box tests, the official socket.io-client
-# end-to-end suite (polling, websocket and upgrade), and the real-browser test of the page.
+# end-to-end suite (polling, websocket and upgrade, wscat), the python-socketio client test, and
+# the real-browser test of the page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ export CHAT_BIN="$PWD/target/debug/chat-service"
 
 step "socket.io-client e2e suite"
 (cd e2e && npm test)
+
+step "python-socketio client"
+.venv/bin/python -m unittest discover -s e2e/python -v
 
 step "browser test (Debian Chromium via playwright-core)"
 (cd e2e && npm run test:browser)

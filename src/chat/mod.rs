@@ -487,15 +487,17 @@ impl ChatService {
         let Some(me) = s.identity.take() else {
             return;
         };
-        for room_id in std::mem::take(&mut s.rooms) {
-            if let Err(e) = self.leave_inner(s.conn, &me, &room_id).await {
-                tracing::warn!(room = %room_id, error = %e, "leave on disconnect failed");
-            }
-        }
+        // The connection slot is released first, so once others see `user_left` the user can
+        // connect again.
         match self.presence.disconnect(&me.user_id, s.conn).await {
             Ok(0) => self.rate.forget(&me.user_id),
             Ok(_) => {}
             Err(e) => tracing::warn!(user = %me.user_id, cause = %e, "presence disconnect failed"),
+        }
+        for room_id in std::mem::take(&mut s.rooms) {
+            if let Err(e) = self.leave_inner(s.conn, &me, &room_id).await {
+                tracing::warn!(room = %room_id, error = %e, "leave on disconnect failed");
+            }
         }
         tracing::debug!(user = %me.user_id, conn = %s.conn, "disconnected");
     }
