@@ -101,7 +101,7 @@ impl App {
                 workers: workers.clone(),
                 shutdown: stop_workers.clone(),
                 max_payload_bytes: cfg.max_payload_bytes,
-                max_buffered_packets: 1024,
+                max_buffered_packets: cfg.max_outbound_queue,
             },
         );
         let allowed_origins = match &cfg.cors {
@@ -112,7 +112,7 @@ impl App {
             chat.clone(),
             ws::WsConfig {
                 max_payload_bytes: cfg.max_payload_bytes as usize,
-                max_queued_frames: 1024,
+                max_queued_frames: cfg.max_outbound_queue,
                 ping_interval: Duration::from_secs(25),
                 ping_timeout: Duration::from_secs(20),
                 allowed_origins,

@@ -3,6 +3,7 @@
 //! win). `chat-service --help` lists every setting with its variable and default; secrets are
 //! never printed. A bad value stops start-up with a message naming the variable.
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use clap::Parser;
 use crate::auth::jwt::JwtConfig;
 use crate::chat::ChatConfig;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(
     name = "chat-service",
     version,
@@ -90,6 +91,22 @@ pub struct Cli {
     /// Burst of sends per user above the rate
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 40)]
     pub rate_limit_burst: u32,
+    /// Events per second per connection, all events (0 disables the limit)
+    #[arg(long, env = "EVENT_RATE_LIMIT_PER_SEC", default_value_t = 100)]
+    pub event_rate_limit_per_sec: u32,
+    /// Burst of events per connection above the rate
+    #[arg(long, env = "EVENT_RATE_LIMIT_BURST", default_value_t = 300)]
+    pub event_rate_limit_burst: u32,
+    /// Rooms one connection may be in at once
+    #[arg(long, env = "MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: u32,
+    /// Seconds a connection may stay unauthenticated before it is closed
+    #[arg(long, env = "AUTH_TIMEOUT_SECS", default_value_t = 30)]
+    pub auth_timeout_secs: u64,
+    /// Outbound events queued per connection; a client that falls further behind is a slow
+    /// consumer and is disconnected
+    #[arg(long, env = "MAX_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub max_outbound_queue: u32,
     /// Messages sent to a client when it joins a room
     #[arg(long, env = "HISTORY_ON_JOIN", default_value_t = 50)]
     pub history_on_join: u32,
@@ -130,7 +147,7 @@ pub enum StorageKind {
     Postgres,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum AuthConfig {
     None,
     Jwt(JwtConfig),
@@ -143,8 +160,9 @@ pub enum CorsConfig {
     List(Vec<String>),
 }
 
-/// The validated configuration the composition root builds from.
-#[derive(Debug, Clone)]
+/// The validated configuration the composition root builds from. Its `Debug` output redacts
+/// secrets (passwords in URLs, JWT secrets).
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub production: bool,
@@ -154,6 +172,7 @@ pub struct Config {
     pub rabbitmq: Option<String>,
     pub cors: CorsConfig,
     pub max_payload_bytes: u64,
+    pub max_outbound_queue: usize,
     pub auth: AuthConfig,
     pub chat: ChatConfig,
     pub shutdown_timeout: Duration,
@@ -266,6 +285,15 @@ impl Config {
         if cli.max_payload_bytes < 1024 {
             return Err(bad("MAX_PAYLOAD_BYTES", "must be at least 1024"));
         }
+        if cli.max_rooms_per_connection == 0 {
+            return Err(bad("MAX_ROOMS_PER_CONNECTION", "must be at least 1"));
+        }
+        if cli.auth_timeout_secs == 0 {
+            return Err(bad("AUTH_TIMEOUT_SECS", "must be at least 1"));
+        }
+        if cli.max_outbound_queue < 8 {
+            return Err(bad("MAX_OUTBOUND_QUEUE", "must be at least 8"));
+        }
         if cli.history_on_join > 1000 {
             return Err(bad("HISTORY_ON_JOIN", "must be at most 1000"));
         }
@@ -290,9 +318,90 @@ impl Config {
                 rate_limit_per_sec: cli.rate_limit_per_sec,
                 rate_limit_burst: cli.rate_limit_burst,
                 typing_timeout: Duration::from_secs(10),
+                event_rate_per_sec: cli.event_rate_limit_per_sec,
+                event_rate_burst: cli.event_rate_limit_burst,
+                max_rooms_per_connection: cli.max_rooms_per_connection as usize,
+                auth_timeout: Duration::from_secs(cli.auth_timeout_secs),
             },
+            max_outbound_queue: cli.max_outbound_queue as usize,
             shutdown_timeout: Duration::from_secs(cli.shutdown_timeout_secs),
         })
+    }
+}
+
+/// `scheme://user:password@host` -> `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn redacted(v: &Option<String>) -> Option<&'static str> {
+    v.as_ref().map(|_| "***")
+}
+
+impl fmt::Debug for Cli {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cli")
+            .field("port", &self.port)
+            .field("host", &self.host)
+            .field("storage", &self.storage)
+            .field("data_dir", &self.data_dir)
+            .field("mongodb_uri", &self.mongodb_uri.as_deref().map(redact_url))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("redis_host", &self.redis_host)
+            .field("redis_port", &self.redis_port)
+            .field("redis_password", &redacted(&self.redis_password))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field(
+                "rabbitmq_url",
+                &self.rabbitmq_url.as_deref().map(redact_url),
+            )
+            .field("auth_mode", &self.auth_mode)
+            .field("jwt_secret", &redacted(&self.jwt_secret))
+            .field(
+                "jwt_public_key",
+                &self.jwt_public_key.as_ref().map(|_| "<pem>"),
+            )
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("auth_grpc_url", &self.auth_grpc_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Jwt(jwt) => f.debug_tuple("Jwt").field(jwt).finish(),
+            Self::Grpc { url } => f.debug_struct("Grpc").field("url", url).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("storage", &self.storage)
+            .field("data_dir", &self.data_dir)
+            .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("rabbitmq", &self.rabbitmq.as_deref().map(redact_url))
+            .field("cors", &self.cors)
+            .field("auth", &self.auth)
+            .field("chat", &self.chat)
+            .finish_non_exhaustive()
     }
 }
 
@@ -323,6 +432,28 @@ mod tests {
         let c = parse(&["--mongodb-uri", "mongodb://x/db"]).unwrap();
         assert_eq!(c.storage, StorageKind::Mongo);
         assert_eq!(parse(&[]).unwrap().storage, StorageKind::Embedded);
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let c = parse(&[
+            "--redis-url",
+            "redis://:hunter2@r:6379",
+            "--auth-mode",
+            "jwt",
+            "--jwt-secret",
+            "s3cr3t-value",
+            "--rabbitmq-url",
+            "amqp://guest:pa55@mq:5672",
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["hunter2", "s3cr3t-value", "pa55"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("redis://:***@r:6379"), "{shown}");
+        let cli = Cli::try_parse_from(["chat-service", "--jwt-secret", "s3cr3t-value"]).unwrap();
+        assert!(!format!("{cli:?}").contains("s3cr3t-value"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::{AuthError, Authenticated, Authenticator, Credentials};
 use crate::domain::{Identity, UserId, Username};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct JwtConfig {
     pub secret: Option<String>,
     pub public_key_pem: Option<String>,
@@ -123,5 +123,19 @@ impl Authenticator for JwtAuth {
             identity: Identity { user_id, username },
             expires_at: claims.exp,
         })
+    }
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field(
+                "public_key_pem",
+                &self.public_key_pem.as_ref().map(|_| "<pem>"),
+            )
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
     }
 }

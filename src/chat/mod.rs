@@ -130,6 +130,13 @@ pub struct ChatConfig {
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     pub typing_timeout: Duration,
+    /// Events per second per connection, all events (0 disables), and its burst.
+    pub event_rate_per_sec: u32,
+    pub event_rate_burst: u32,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_connection: usize,
+    /// A connection not authenticated within this time is closed.
+    pub auth_timeout: Duration,
 }
 
 impl Default for ChatConfig {
@@ -142,6 +149,10 @@ impl Default for ChatConfig {
             rate_limit_per_sec: 20,
             rate_limit_burst: 40,
             typing_timeout: Duration::from_secs(10),
+            event_rate_per_sec: 100,
+            event_rate_burst: 300,
+            max_rooms_per_connection: 100,
+            auth_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -151,18 +162,37 @@ pub struct Session {
     conn: ConnId,
     sink: Arc<dyn ClientSink>,
     identity: Option<Identity>,
+    /// Epoch seconds at which the identity's token expires.
     expires_at: Option<u64>,
+    /// Whether the client was already told that its token expired.
+    expiry_notified: bool,
+    connected_at: Instant,
     rooms: Vec<RoomId>,
+    /// Per-connection event budget (tokens, last refill).
+    events: (f64, Instant),
+}
+
+/// What a transport does when `ChatService::deadline` passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deadline {
+    /// Tell the client (error event) and keep the connection.
+    Notify(ChatError),
+    /// Tell the client and close the connection.
+    Close(ChatError),
 }
 
 impl Session {
     pub fn new(sink: Arc<dyn ClientSink>) -> Self {
+        let now = Instant::now();
         Self {
             conn: ConnId::next(),
             sink,
             identity: None,
             expires_at: None,
+            expiry_notified: false,
+            connected_at: now,
             rooms: Vec::new(),
+            events: (f64::MAX, now),
         }
     }
 
@@ -279,6 +309,56 @@ impl ChatService {
         Ok(id)
     }
 
+    /// Charges one event to the connection's budget (every client event, any transport).
+    pub fn admit_event(&self, s: &mut Session) -> Result<(), ChatError> {
+        if self.cfg.event_rate_per_sec == 0 {
+            return Ok(());
+        }
+        let burst = f64::from(self.cfg.event_rate_burst.max(1));
+        let now = Instant::now();
+        let (tokens, last) = &mut s.events;
+        *tokens = (*tokens
+            + now.duration_since(*last).as_secs_f64() * f64::from(self.cfg.event_rate_per_sec))
+        .min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(ChatError::RateLimited)
+        }
+    }
+
+    /// When the transport must next call `deadline_passed` for this connection: the
+    /// authentication timeout of an unauthenticated connection, or the expiry of its token.
+    pub fn deadline(&self, s: &Session) -> Option<Instant> {
+        match (&s.identity, s.expires_at) {
+            (None, _) => Some(s.connected_at + self.cfg.auth_timeout),
+            (Some(_), Some(exp)) if !s.expiry_notified => {
+                let left = exp.saturating_sub(now_ms() / 1000);
+                Some(Instant::now() + Duration::from_secs(left))
+            }
+            _ => None,
+        }
+    }
+
+    /// Called by the transport when `deadline` has passed.
+    pub fn deadline_passed(&self, s: &mut Session) -> Option<Deadline> {
+        match (&s.identity, s.expires_at) {
+            (None, _) if s.connected_at.elapsed() >= self.cfg.auth_timeout => {
+                tracing::debug!(conn = %s.conn, "closing unauthenticated connection");
+                Some(Deadline::Close(ChatError::AuthFailed(
+                    "Authentication timeout: authenticate first".into(),
+                )))
+            }
+            (Some(_), Some(exp)) if !s.expiry_notified && now_ms() / 1000 >= exp => {
+                s.expiry_notified = true;
+                Some(Deadline::Notify(ChatError::TokenExpired))
+            }
+            _ => None,
+        }
+    }
+
     /// Turns credentials into an identity, for REST callers.
     pub async fn identify(&self, credentials: Credentials) -> Result<Identity, ChatError> {
         Ok(self
@@ -322,6 +402,7 @@ impl ChatService {
         }
         s.identity = Some(identity.clone());
         s.expires_at = authenticated.expires_at;
+        s.expiry_notified = false;
         s.emit(ServerEvent::new(wire::AUTHENTICATED, &identity));
         Ok(identity)
     }
@@ -332,6 +413,12 @@ impl ChatService {
         let me = self.require_identity(s)?;
         let room_id = cmd.room_id;
         if !s.rooms.contains(&room_id) {
+            if s.rooms.len() >= self.cfg.max_rooms_per_connection {
+                return Err(ChatError::Forbidden(format!(
+                    "A connection may be in at most {} rooms",
+                    self.cfg.max_rooms_per_connection
+                )));
+            }
             match self.store.get_room(&room_id).await? {
                 Some(room) if !room.admits(&me.user_id) => {
                     return Err(ChatError::Forbidden(format!(

@@ -21,6 +21,7 @@ pub async fn dispatch(
     event: &str,
     data: Result<Value, String>,
 ) -> Result<Value, ChatError> {
+    chat.admit_event(session)?;
     if session.identity().is_none()
         && event != wire::AUTHENTICATE
         && wire::CLIENT_EVENTS.contains(&event)
@@ -64,5 +65,14 @@ pub fn ack_body(result: &Result<Value, ChatError>) -> Value {
             body
         }
         Err(e) => json!({"success": false, "error": {"code": e.code(), "message": e.to_string()}}),
+    }
+}
+
+/// Sleeps until the session's next deadline (auth timeout, token expiry); never resolves when
+/// there is none.
+pub async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }

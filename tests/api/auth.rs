@@ -211,3 +211,64 @@ async fn misconfigured_jwt_stops_start_up() {
         .expect("must not start");
     assert!(err.to_string().contains("JWT_SECRET"), "{err}");
 }
+
+#[tokio::test]
+async fn a_connection_is_told_when_its_token_expires_and_must_reauthenticate() {
+    let app = spawn_app_with(&["--auth-mode", "jwt", "--jwt-secret", SECRET]).await;
+    let mut c = app.client().await;
+    let short = hs256(json!({"sub": "exp-user", "exp": now() + 2}), SECRET);
+    assert_eq!(
+        c.emit_ack("authenticate", json!({"token": short})).await["success"],
+        true
+    );
+    c.join("expiring").await;
+    // Pushed by the server when the token runs out, without any client event.
+    let err = c
+        .event_within("error", |_| true, std::time::Duration::from_secs(6))
+        .await;
+    assert_eq!(err["code"], "token_expired");
+    let ack = c
+        .emit_ack(
+            "send_message",
+            json!({"roomId": "expiring", "message": "late"}),
+        )
+        .await;
+    assert_eq!(ack["error"]["code"], "token_expired");
+    let fresh = hs256(json!({"sub": "exp-user", "exp": now() + 600}), SECRET);
+    assert_eq!(
+        c.emit_ack("authenticate", json!({"token": fresh})).await["success"],
+        true
+    );
+    assert_eq!(c.say("expiring", "renewed").await["success"], true);
+    // The refused send was not stored: the next message the member gets is the renewed one.
+    assert_eq!(c.event("new_message").await["message"], "renewed");
+}
+
+#[tokio::test]
+async fn help_lists_every_setting_and_never_prints_secrets() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
+        .arg("--help")
+        .env("JWT_SECRET", "do-not-print-me")
+        .env("REDIS_PASSWORD", "nor-me")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "PORT",
+        "DATA_DIR",
+        "CORS_ORIGIN",
+        "MAX_CONNECTIONS_PER_USER",
+        "JWT_SECRET",
+        "AUTH_MODE",
+    ] {
+        assert!(help.contains(var), "{var} missing from --help");
+    }
+    assert!(!help.contains("do-not-print-me") && !help.contains("nor-me"));
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
+        .env("PORT", "not-a-port")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("PORT"));
+}

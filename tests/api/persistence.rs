@@ -47,7 +47,13 @@ async fn messages_rooms_and_idempotency_survive_a_restart() {
 
 #[tokio::test]
 async fn graceful_shutdown_keeps_every_acknowledged_message() {
-    let mut app = crate::support::spawn_app_with(&["--rate-limit-per-sec", "0"]).await;
+    let mut app = crate::support::spawn_app_with(&[
+        "--rate-limit-per-sec",
+        "0",
+        "--event-rate-limit-per-sec",
+        "0",
+    ])
+    .await;
     let mut a = app.member("a", "drain").await;
     // Pipeline many sends, then stop while they are in flight (the first one has reached the
     // server; most of the rest are queued or on the wire).

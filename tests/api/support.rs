@@ -351,15 +351,15 @@ impl SioClient {
                 }
                 if inbox.closed {
                     panic!(
-                        "connection closed while waiting for {name}; got {:?}",
-                        inbox.events
+                        "connection closed while waiting for {name}; got {}",
+                        summary(&inbox.events)
                     );
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 panic!(
-                    "no {name} event within {wait:?}; got {:?}",
-                    self.inbox.lock().events
+                    "no {name} event within {wait:?}; got {}",
+                    summary(&self.inbox.lock().events)
                 );
             }
         }
@@ -434,4 +434,81 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/api/fixtures")
         .join(name)
+}
+
+/// Connects over Socket.IO (or, with `raw_ws`, the plain WebSocket protocol on `/ws`),
+/// authenticates as `user`, joins `room`, and then stops reading the socket: a slow consumer.
+/// Dropping the returned stream closes it.
+pub async fn stalled_member(
+    addr: SocketAddr,
+    user: &str,
+    room: &str,
+    raw_ws: bool,
+) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("tcp connect");
+    let path = if raw_ws {
+        "/ws"
+    } else {
+        "/socket.io/?EIO=4&transport=websocket"
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // Read the upgrade response (and whatever follows it in the same read).
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let auth = json!({"userId": user, "username": user});
+    let frames = if raw_ws {
+        vec![
+            json!({"event": "authenticate", "data": auth}).to_string(),
+            json!({"event": "join_room", "data": {"roomId": room}}).to_string(),
+        ]
+    } else {
+        vec![
+            "40".to_string(),
+            format!("42{}", json!(["authenticate", auth])),
+            format!("42{}", json!(["join_room", {"roomId": room}])),
+        ]
+    };
+    for text in frames {
+        tcp.write_all(&masked_text_frame(text.as_bytes()))
+            .await
+            .unwrap();
+    }
+    tcp
+}
+
+/// A client-to-server WebSocket text frame (masked, as clients must send).
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81u8];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Unconsumed events for a failure message: names, and payloads shortened.
+fn summary(events: &VecDeque<(String, Value)>) -> String {
+    let shown: Vec<String> = events
+        .iter()
+        .take(20)
+        .map(|(n, v)| {
+            let v = v.to_string();
+            format!("{n} {}", v.chars().take(120).collect::<String>())
+        })
+        .collect();
+    format!("{} events: [{}]", events.len(), shown.join(", "))
 }

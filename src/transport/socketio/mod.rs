@@ -29,8 +29,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Credentials;
 use crate::chat::conn::{ClientSink, SinkError};
 use crate::chat::wire::{self, ServerEvent};
-use crate::chat::{ChatError, ChatService, Session};
-use crate::transport::{ack_body, dispatch};
+use crate::chat::{ChatError, ChatService, Deadline, Session};
+use crate::transport::{ack_body, dispatch, sleep_until_deadline};
 
 /// Events a connection may have waiting; past this a client is flooding and further events
 /// are refused with `rate_limited` until the queue drains.
@@ -65,11 +65,14 @@ struct JobQueue {
 }
 
 /// A Socket.IO connection as `chat` sees it.
-struct SocketIoSink(SocketRef);
+struct SocketIoSink {
+    socket: SocketRef,
+    jobs: mpsc::UnboundedSender<Job>,
+}
 
 impl ClientSink for SocketIoSink {
     fn send(&self, event: &Arc<ServerEvent>) -> Result<(), SinkError> {
-        match self.0.emit(event.name, &event.data) {
+        match self.socket.emit(event.name, &event.data) {
             Ok(()) => Ok(()),
             Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(SinkError::Full),
             Err(_) => Err(SinkError::Closed),
@@ -77,7 +80,13 @@ impl ClientSink for SocketIoSink {
     }
 
     fn close(&self) {
-        let _ = self.0.clone().disconnect();
+        if let Err(SocketError::InternalChannelFull) = self.socket.clone().disconnect() {
+            // socketioxide cannot queue its disconnect packet to a client that stopped reading
+            // (and then does not close). Drop the connection from the chat now (its rooms see
+            // `user_left`, nothing more is queued for it); Engine.IO's heartbeat, which such a
+            // client cannot answer, closes the transport.
+            let _ = self.jobs.send(Job::Disconnect);
+        }
     }
 }
 
@@ -160,7 +169,10 @@ fn setup_connection(
     s.on_disconnect(async move || {
         let _ = disconnect_queue.tx.send(Job::Disconnect);
     });
-    let session = Session::new(Arc::new(SocketIoSink(s.clone())));
+    let session = Session::new(Arc::new(SocketIoSink {
+        socket: s.clone(),
+        jobs: queue.tx.clone(),
+    }));
     let worker = run_connection(chat, session, rx, queue.pending, shutdown);
     s.extensions.insert(PendingWorker(Arc::new(Mutex::new(Some(
         workers.track_future(Box::pin(worker) as Pin<Box<dyn Future<Output = ()> + Send>>),
@@ -196,8 +208,20 @@ async fn run_connection(
     shutdown: CancellationToken,
 ) {
     loop {
+        let deadline = chat.deadline(&session);
         let job = tokio::select! {
             biased;
+            () = sleep_until_deadline(deadline) => {
+                match chat.deadline_passed(&mut session) {
+                    Some(Deadline::Notify(e)) => emit_error(&session, &e),
+                    Some(Deadline::Close(e)) => {
+                        emit_error(&session, &e);
+                        session.sink().close();
+                    }
+                    None => {}
+                }
+                continue;
+            }
             () = shutdown.cancelled() => {
                 while let Ok(job) = rx.try_recv() {
                     if !handle(&chat, &mut session, job, &pending).await {
@@ -232,7 +256,7 @@ async fn handle(
             pending.fetch_sub(1, Ordering::AcqRel);
             let result = dispatch(chat, session, &name, data).await;
             if let Err(e) = &result {
-                let _ = sink.send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
+                emit_error(session, e);
             }
             let _ = ack.send(&ack_body(&result));
             if let Err(e) = &result
@@ -244,7 +268,7 @@ async fn handle(
         }
         Job::HandshakeAuth(credentials) => {
             if let Err(e) = chat.authenticate(session, credentials).await {
-                let _ = sink.send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
+                emit_error(session, &e);
                 if e.closes_connection() {
                     sink.close();
                 }
@@ -269,4 +293,10 @@ fn handshake_credentials(auth: &Value) -> Option<Credentials> {
         username: text("username"),
     };
     (credentials.token.is_some() || credentials.user_id.is_some()).then_some(credentials)
+}
+
+fn emit_error(session: &Session, e: &ChatError) {
+    let _ = session
+        .sink()
+        .send(&Arc::new(ServerEvent::from_value(wire::ERROR, e.body())));
 }

@@ -27,8 +27,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::chat::conn::{ClientSink, SinkError};
 use crate::chat::wire::{self, ServerEvent};
-use crate::chat::{ChatError, ChatService, Session};
-use crate::transport::{ack_body, dispatch};
+use crate::chat::{ChatError, ChatService, Deadline, Session};
+use crate::transport::{ack_body, dispatch, sleep_until_deadline};
 
 #[derive(Clone)]
 pub struct WsConfig {
@@ -111,6 +111,8 @@ enum Out {
 
 struct WsSink {
     tx: mpsc::Sender<Out>,
+    /// Cancelled to end the connection even when its queue is full (slow consumer).
+    kill: CancellationToken,
 }
 
 impl ClientSink for WsSink {
@@ -124,9 +126,7 @@ impl ClientSink for WsSink {
     }
 
     fn close(&self) {
-        // A full queue cannot take the close request: dropping is then done by the reader,
-        // which sees the writer gone.
-        let _ = self.tx.try_send(Out::Close);
+        self.kill.cancel();
     }
 }
 
@@ -159,7 +159,11 @@ async fn run(state: WsState, socket: WebSocket) {
             writer_done.cancel();
         }
     });
-    let sink = Arc::new(WsSink { tx: tx.clone() });
+    let kill = CancellationToken::new();
+    let sink = Arc::new(WsSink {
+        tx: tx.clone(),
+        kill: kill.clone(),
+    });
     let mut session = Session::new(sink.clone());
     let chat = &state.chat;
     let mut ping = tokio::time::interval(state.cfg.ping_interval);
@@ -167,10 +171,23 @@ async fn run(state: WsState, socket: WebSocket) {
     let silence_limit = state.cfg.ping_interval + state.cfg.ping_timeout;
     let mut last_heard = tokio::time::Instant::now();
     loop {
+        let deadline = chat.deadline(&session);
         let frame = tokio::select! {
             biased;
             () = state.cfg.shutdown.cancelled() => break,
             () = writer_done.cancelled() => break,
+            () = kill.cancelled() => break,
+            () = sleep_until_deadline(deadline) => {
+                match chat.deadline_passed(&mut session) {
+                    Some(Deadline::Notify(e)) => reply_error(&tx, e),
+                    Some(Deadline::Close(e)) => {
+                        reply_error(&tx, e);
+                        break;
+                    }
+                    None => {}
+                }
+                continue;
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= silence_limit {
                     tracing::debug!(conn = %session.conn(), "raw websocket idle, closing");
@@ -223,14 +240,23 @@ async fn run(state: WsState, socket: WebSocket) {
         }
     }
     chat.disconnect(&mut session).await;
-    let _ = tx.send(Out::Close).await;
-    drop(tx);
     drop(session);
     drop(sink);
-    let _ = writer.await;
+    // A close frame when the queue has room; a writer stuck on a client that stopped reading
+    // is aborted, which drops the socket.
+    let queued = tx.try_send(Out::Close).is_ok();
+    drop(tx);
+    let mut writer = writer;
+    if !queued
+        || tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+    {
+        writer.abort();
+    }
 }
 
-/// An unreadable frame gets only the `error` event (there is no id to ack).
+/// An `error` event without an ack (an unreadable frame has no id to ack; a deadline none).
 fn reply_error(tx: &mpsc::Sender<Out>, e: ChatError) {
     let _ = tx.try_send(Out::Event(Arc::new(ServerEvent::from_value(
         wire::ERROR,
