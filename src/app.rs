@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::auth::{Authenticator, jwt::JwtAuth, none::NoAuth};
+use crate::auth::{Authenticator, grpc::GrpcAuth, jwt::JwtAuth, none::NoAuth};
 use crate::bus::local::LocalBus;
 use crate::chat::ChatService;
 use crate::chat::rooms::RoomRegistry;
@@ -76,9 +76,9 @@ impl App {
             AuthConfig::Jwt(jwt) => {
                 Arc::new(JwtAuth::new(jwt).map_err(|e| anyhow::anyhow!("AUTH_MODE=jwt: {e}"))?)
             }
-            AuthConfig::Grpc { .. } => anyhow::bail!(
-                "AUTH_MODE=grpc: the gRPC Auth Service client is not in this build yet"
-            ),
+            AuthConfig::Grpc(grpc) => {
+                Arc::new(GrpcAuth::new(grpc).map_err(|e| anyhow::anyhow!("AUTH_MODE=grpc: {e}"))?)
+            }
         };
         let registry = Arc::new(RoomRegistry::new());
         let bus = Arc::new(LocalBus::new());

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::grpc::GrpcAuthConfig;
 use crate::auth::jwt::JwtConfig;
 use crate::chat::ChatConfig;
 
@@ -131,9 +132,15 @@ pub struct Cli {
     /// Required `aud` claim
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// Auth Service address (AUTH_MODE=grpc)
+    /// Auth Service address, e.g. http://auth:50051 (AUTH_MODE=grpc)
     #[arg(long, env = "AUTH_GRPC_URL")]
     pub auth_grpc_url: Option<String>,
+    /// Deadline of one Auth Service call, milliseconds
+    #[arg(long, env = "AUTH_GRPC_TIMEOUT_MS", default_value_t = 2000)]
+    pub auth_grpc_timeout_ms: u64,
+    /// How long a positive Auth Service answer is reused, seconds (never past the token's expiry)
+    #[arg(long, env = "AUTH_CACHE_TTL_SECS", default_value_t = 60)]
+    pub auth_cache_ttl_secs: u64,
 
     /// Seconds to drain connections and writes on SIGINT/SIGTERM
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
@@ -151,7 +158,7 @@ pub enum StorageKind {
 pub enum AuthConfig {
     None,
     Jwt(JwtConfig),
-    Grpc { url: String },
+    Grpc(GrpcAuthConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -245,12 +252,14 @@ impl Config {
                 issuer: cli.jwt_issuer.clone(),
                 audience: cli.jwt_audience.clone(),
             }),
-            Some("grpc") => AuthConfig::Grpc {
+            Some("grpc") => AuthConfig::Grpc(GrpcAuthConfig {
                 url: cli
                     .auth_grpc_url
                     .clone()
                     .ok_or_else(|| bad("AUTH_GRPC_URL", "required with AUTH_MODE=grpc"))?,
-            },
+                timeout: Duration::from_millis(cli.auth_grpc_timeout_ms.max(1)),
+                cache_ttl: Duration::from_secs(cli.auth_cache_ttl_secs),
+            }),
             Some(other) => {
                 return Err(bad(
                     "AUTH_MODE",
@@ -385,7 +394,7 @@ impl fmt::Debug for AuthConfig {
         match self {
             Self::None => f.write_str("None"),
             Self::Jwt(jwt) => f.debug_tuple("Jwt").field(jwt).finish(),
-            Self::Grpc { url } => f.debug_struct("Grpc").field("url", url).finish(),
+            Self::Grpc(grpc) => f.debug_tuple("Grpc").field(grpc).finish(),
         }
     }
 }

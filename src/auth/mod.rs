@@ -7,6 +7,7 @@
 //!   refuse the request, they never fall back to trusting the client.
 //! - `expires_at` (epoch seconds) tells the caller when the identity stops being valid.
 
+pub mod grpc;
 pub mod jwt;
 pub mod none;
 
@@ -49,4 +50,8 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Whether a token is needed (REST answers 401 without one).
     fn requires_token(&self) -> bool;
     async fn authenticate(&self, credentials: Credentials) -> Result<Authenticated, AuthError>;
+    /// Whether a remote checker is reachable (for `/ready`); local modes are always up.
+    async fn ping(&self) -> Result<(), AuthError> {
+        Ok(())
+    }
 }

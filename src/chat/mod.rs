@@ -697,11 +697,20 @@ impl ChatService {
 
     pub async fn readiness(&self) -> Vec<DependencyStatus> {
         let store = self.store.ping().await;
-        vec![DependencyStatus {
+        let mut deps = vec![DependencyStatus {
             name: "store",
             up: store.is_ok(),
             error: store.err().map(|e| e.to_string()),
-        }]
+        }];
+        if self.auth.mode() == "grpc" {
+            let auth = self.auth.ping().await;
+            deps.push(DependencyStatus {
+                name: "auth",
+                up: auth.is_ok(),
+                error: auth.err().map(|e| e.to_string()),
+            });
+        }
+        deps
     }
 }
 

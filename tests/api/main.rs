@@ -3,6 +3,7 @@
 mod support;
 
 mod auth;
+mod grpc_auth;
 mod limits;
 mod persistence;
 mod raw_ws;
