@@ -53,7 +53,7 @@ impl MessageType {
     }
 }
 
-/// Message text: not blank, at most `max_chars` Unicode scalar values, no control characters
+/// Message text: not blank (whitespace and zero-width characters only), at most `max_chars` Unicode scalar values, no control characters
 /// other than tab, line feed and carriage return. Kept exactly as sent (not trimmed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -61,7 +61,11 @@ pub struct MessageBody(String);
 
 impl MessageBody {
     pub fn parse(s: &str, max_chars: usize) -> Result<Self, ValidationError> {
-        if s.trim().is_empty() {
+        // Blank means only whitespace and invisible zero-width characters.
+        let invisible = |c: char| {
+            c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+        };
+        if s.chars().all(invisible) {
             return Err(ValidationError::new("message must not be empty"));
         }
         if s.chars().count() > max_chars {
@@ -153,6 +157,7 @@ mod tests {
         assert!(MessageBody::parse(&"😀".repeat(10), 10).is_ok());
         assert!(MessageBody::parse(&"😀".repeat(11), 10).is_err());
         assert!(MessageBody::parse("   \n ", 10).is_err());
+        assert!(MessageBody::parse("\u{200B}\u{FEFF}", 10).is_err());
         assert!(MessageBody::parse("a\u{7}b", 10).is_err());
         assert!(MessageBody::parse("line1\nline2", 20).is_ok());
     }

@@ -316,6 +316,22 @@ impl SioClient {
         rx
     }
 
+    /// Emits with an ack a payload given as raw JSON text (for payloads `Value` cannot hold).
+    pub async fn emit_raw_ack(&mut self, event: &str, raw_data: &str) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let (tx, rx) = oneshot::channel();
+        self.inbox.lock().acks.insert(id, tx);
+        let _ = self.out.send(WsMessage::text(format!(
+            "42{id}[{},{raw_data}]",
+            Value::from(event)
+        )));
+        tokio::time::timeout(WAIT, rx)
+            .await
+            .unwrap_or_else(|_| panic!("no ack for raw {event} within {WAIT:?}"))
+            .expect("ack channel")
+    }
+
     pub async fn emit_ack(&mut self, event: &str, data: Value) -> Value {
         let rx = self.emit_with_ack(event, data);
         tokio::time::timeout(WAIT, rx)

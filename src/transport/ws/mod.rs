@@ -270,7 +270,7 @@ fn ack_frame(id: &Value, body: &Value) -> String {
 }
 
 /// `{"event": NAME, "data": PAYLOAD, "id"?: ID}`; `data` may be omitted (null).
-fn parse_frame(text: &str) -> Result<(String, Value, Option<Value>), ChatError> {
+pub fn parse_frame(text: &str) -> Result<(String, Value, Option<Value>), ChatError> {
     let value: Value = serde_json::from_str(text).map_err(|_| {
         ChatError::InvalidPayload("frame must be JSON: {\"event\": ..., \"data\": ...}".into())
     })?;
