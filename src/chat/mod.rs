@@ -104,6 +104,10 @@ impl From<StoreError> for ChatError {
                 Self::InvalidPayload("before names no message of this room".into())
             }
             StoreError::RoomExists => Self::InvalidPayload("roomId already exists".into()),
+            // The store logged the warning (once per refused batch).
+            StoreError::OutboxFull(_) => {
+                Self::Unavailable("Notification outbox full, try again later".into())
+            }
             StoreError::Internal(cause) => {
                 tracing::error!(%cause, "storage error");
                 Self::Internal
