@@ -3,7 +3,9 @@
 mod support;
 
 mod auth;
+mod broker;
 mod limits;
+mod notifications;
 mod persistence;
 mod raw_ws;
 mod rest;
