@@ -23,8 +23,11 @@ use crate::bus::local::LocalBus;
 use crate::chat::ChatService;
 use crate::chat::rooms::RoomRegistry;
 use crate::config::{AuthConfig, Config, CorsConfig, StorageKind};
+use crate::events::EventPublisher;
+use crate::events::amqp::{AmqpConfig, AmqpPublisher};
+use crate::events::relay::{OutboxRelay, RelayConfig};
 use crate::presence::memory::MemoryPresence;
-use crate::store::{MessageStore, embedded::EmbeddedStore};
+use crate::store::{MessageStore, OutboxConfig, embedded::EmbeddedStore};
 use crate::transport::{http, page, socketio, ws};
 
 pub struct App {
@@ -35,6 +38,7 @@ pub struct App {
     stop_workers: CancellationToken,
     chat: Arc<ChatService>,
     store: Arc<dyn MessageStore>,
+    events: Option<Arc<dyn EventPublisher>>,
     shutdown_timeout: Duration,
 }
 
@@ -45,20 +49,21 @@ impl App {
                 "REDIS_HOST/REDIS_URL: the Redis adapters are not in this build yet; unset them to run a single instance"
             );
         }
-        if cfg.rabbitmq.is_some() {
-            anyhow::bail!(
-                "RABBITMQ_URL: the RabbitMQ publisher is not in this build yet; unset it to run without notification events"
-            );
-        }
+        // With RabbitMQ, every stored message also writes its event to the store's outbox.
+        let outbox = cfg.rabbitmq.as_ref().map(|_| OutboxConfig {
+            max_pending: cfg.outbox_max_pending,
+        });
         let store: Arc<dyn MessageStore> = match cfg.storage {
-            StorageKind::Embedded => {
-                Arc::new(EmbeddedStore::open(&cfg.data_dir).await.with_context(|| {
-                    format!(
-                        "DATA_DIR: cannot open the embedded store in {}",
-                        cfg.data_dir.display()
-                    )
-                })?)
-            }
+            StorageKind::Embedded => Arc::new(
+                EmbeddedStore::open_with(&cfg.data_dir, outbox)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "DATA_DIR: cannot open the embedded store in {}",
+                            cfg.data_dir.display()
+                        )
+                    })?,
+            ),
             StorageKind::Mongo => {
                 anyhow::bail!("STORAGE=mongodb: the MongoDB store is not in this build yet")
             }
@@ -84,14 +89,27 @@ impl App {
         let bus = Arc::new(LocalBus::new());
         bus.set_handler(registry.clone());
         let presence = Arc::new(MemoryPresence::new());
-        let chat = Arc::new(ChatService::new(
+        // Not connected here: start-up does not wait for the broker; the relay connects (and
+        // reconnects) and `/ready` reports it down meanwhile.
+        let events: Option<Arc<dyn EventPublisher>> = cfg.rabbitmq.as_ref().map(|url| {
+            Arc::new(AmqpPublisher::new(AmqpConfig {
+                url: url.clone(),
+                queue: cfg.rabbitmq_queue.clone(),
+                timeout: Duration::from_secs(10),
+            })) as Arc<dyn EventPublisher>
+        });
+        let mut chat = ChatService::new(
             cfg.chat.clone(),
             store.clone(),
             bus,
             presence,
             auth,
             registry,
-        ));
+        );
+        if let Some(events) = &events {
+            chat = chat.with_events(events.clone());
+        }
+        let chat = Arc::new(chat);
 
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
@@ -139,6 +157,7 @@ impl App {
             stop_workers,
             chat,
             store,
+            events,
             shutdown_timeout: cfg.shutdown_timeout,
         })
     }
@@ -164,8 +183,14 @@ impl App {
             stop_workers,
             chat,
             store,
+            events,
             shutdown_timeout,
         } = self;
+        let stop_relay = CancellationToken::new();
+        let relay = events.clone().map(|publisher| {
+            let relay = OutboxRelay::new(store.clone(), publisher, RelayConfig::default());
+            tokio::spawn(relay.run(stop_relay.clone()))
+        });
         let typing = tokio::spawn({
             let chat = chat.clone();
             async move {
@@ -210,6 +235,23 @@ impl App {
             Err(_) => tracing::warn!("in-flight requests did not finish in time"),
         }
         typing.abort();
+        // No new messages now: publish what the outbox holds (best effort, bounded); the rest
+        // stays in the store and is sent after the next start.
+        if let Some(mut relay) = relay {
+            stop_relay.cancel();
+            if tokio::time::timeout(shutdown_timeout, &mut relay)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "outbox relay did not flush in time; the rest is sent after restart"
+                );
+                relay.abort();
+            }
+        }
+        if let Some(events) = &events {
+            events.close().await;
+        }
         if tokio::time::timeout(shutdown_timeout, store.close())
             .await
             .is_err()

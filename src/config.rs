@@ -73,6 +73,10 @@ pub struct Cli {
         default_value = "new_message"
     )]
     pub rabbitmq_queue_new_message: String,
+    /// Most message.sent events waiting in the outbox (broker down); beyond it sends are
+    /// refused with `unavailable`, never stored without their event
+    #[arg(long, env = "OUTBOX_MAX_PENDING", default_value_t = 1_000_000)]
+    pub outbox_max_pending: u64,
 
     /// Allowed browser origins: `*` or a comma-separated list
     #[arg(long, env = "CORS_ORIGIN", default_value = "*")]
@@ -177,6 +181,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub redis: Option<String>,
     pub rabbitmq: Option<String>,
+    /// `RABBITMQ_QUEUE_NEW_MESSAGE`.
+    pub rabbitmq_queue: String,
+    /// `OUTBOX_MAX_PENDING`.
+    pub outbox_max_pending: u64,
     pub cors: CorsConfig,
     pub max_payload_bytes: u64,
     pub max_outbound_queue: usize,
@@ -306,6 +314,17 @@ impl Config {
         if cli.history_on_join > 1000 {
             return Err(bad("HISTORY_ON_JOIN", "must be at most 1000"));
         }
+        if cli.outbox_max_pending == 0 {
+            return Err(bad("OUTBOX_MAX_PENDING", "must be at least 1"));
+        }
+        if cli.rabbitmq_queue_new_message.trim().is_empty()
+            || cli.rabbitmq_queue_new_message.len() > 255
+        {
+            return Err(bad(
+                "RABBITMQ_QUEUE_NEW_MESSAGE",
+                "must be a queue name of 1 to 255 bytes",
+            ));
+        }
         if cli.max_message_history == 0 {
             return Err(bad("MAX_MESSAGE_HISTORY", "must be at least 1"));
         }
@@ -316,6 +335,8 @@ impl Config {
             data_dir: cli.data_dir,
             redis,
             rabbitmq: cli.rabbitmq_url.filter(|u| !u.is_empty()),
+            rabbitmq_queue: cli.rabbitmq_queue_new_message,
+            outbox_max_pending: cli.outbox_max_pending,
             cors,
             max_payload_bytes: cli.max_payload_bytes,
             auth,

@@ -3,7 +3,7 @@
 //!
 //! Crate map and the dependency rule ("may use"):
 //! - `domain`: ids, messages, rooms, room events. Uses nothing.
-//! - `store`, `bus`, `presence`, `auth`: one port (trait + contract) per folder, with their
+//! - `store`, `bus`, `presence`, `auth`, `events`: one port (trait + contract) per folder, with their
 //!   adapters. Adapters use `domain` and their own config only.
 //! - `chat`: the use cases and the local room registry. Uses `domain` and the port traits,
 //!   never a concrete adapter.
@@ -17,6 +17,7 @@ pub mod bus;
 pub mod chat;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod presence;
 pub mod store;
 pub mod transport;

@@ -24,6 +24,7 @@ use crate::domain::{
     ClientMessageId, ConnId, Identity, Member, Message, MessageBody, MessageId, MessageType,
     NewRoom, Room, RoomEvent, RoomId, RoomType, UserId, now_ms,
 };
+use crate::events::EventPublisher;
 use crate::presence::{Presence, PresenceError};
 use crate::store::{MessageStore, StoreError};
 use conn::ClientSink;
@@ -104,6 +105,10 @@ impl From<StoreError> for ChatError {
                 Self::InvalidPayload("before names no message of this room".into())
             }
             StoreError::RoomExists => Self::InvalidPayload("roomId already exists".into()),
+            // The store logged the warning (once per refused batch).
+            StoreError::OutboxFull(_) => {
+                Self::Unavailable("Notification outbox full, try again later".into())
+            }
             StoreError::Internal(cause) => {
                 tracing::error!(%cause, "storage error");
                 Self::Internal
@@ -254,6 +259,8 @@ pub struct ChatService {
     presence: Arc<dyn Presence>,
     auth: Arc<dyn Authenticator>,
     registry: Arc<RoomRegistry>,
+    /// The notification broker, when configured (only its status is used here: `/ready`).
+    events: Option<Arc<dyn EventPublisher>>,
     rate: RateLimiter,
     /// (room, user) -> (member, when the typing state expires).
     typing: Mutex<HashMap<(RoomId, UserId), (Member, Instant)>>,
@@ -276,9 +283,17 @@ impl ChatService {
             presence,
             auth,
             registry,
+            events: None,
             rate,
             typing: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reports the notification broker in `/ready` (as `rabbitmq`). The events themselves
+    /// come from the store's outbox, written by `send` through `MessageStore::append`.
+    pub fn with_events(mut self, events: Arc<dyn EventPublisher>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     pub fn config(&self) -> &ChatConfig {
@@ -708,6 +723,14 @@ impl ChatService {
                 name: "auth",
                 up: auth.is_ok(),
                 error: auth.err().map(|e| e.to_string()),
+            });
+        }
+        if let Some(events) = &self.events {
+            let broker = events.ping().await;
+            deps.push(DependencyStatus {
+                name: "rabbitmq",
+                up: broker.is_ok(),
+                error: broker.err().map(|e| e.to_string()),
             });
         }
         deps

@@ -4,9 +4,16 @@
 //! in one transaction (group commit): one fsync covers the whole batch, and each caller is
 //! answered only after that commit. Reads use a small pool of separate connections, which WAL
 //! lets run beside the writer.
+//!
+//! Outbox: with `OutboxConfig`, `append_in` writes the `outbox` row in the same transaction as
+//! the message (so the group commit covers both with one fsync). The writer task is the only
+//! writer, so it keeps the pending count in memory (loaded at open): the `max_pending` check
+//! costs no query, and `outbox_mark_sent` goes through the same queue (one `DELETE` per batch).
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,9 +22,9 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Appended, MessageStore, StoreError};
+use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError};
 use crate::domain::{
     ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, NewRoom, Room,
     RoomId, RoomType, UserId, Username, now_ms,
@@ -59,6 +66,16 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (room_id, user_id)
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS room_participants_user ON room_participants(user_id)",
+    "CREATE TABLE IF NOT EXISTS outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        sender_id TEXT NOT NULL,
+        receiver_id TEXT,
+        receiver_ids TEXT NOT NULL,
+        message TEXT NOT NULL,
+        timestamp INTEGER NOT NULL
+    )",
 ];
 
 macro_rules! message_columns {
@@ -93,12 +110,22 @@ enum Write {
     Append(Message, oneshot::Sender<Result<Appended, StoreError>>),
     CreateRoom(NewRoom, oneshot::Sender<Result<(Room, bool), StoreError>>),
     AddMember(RoomId, UserId, oneshot::Sender<Result<(), StoreError>>),
+    MarkSent(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
     Close(oneshot::Sender<()>),
 }
 
 pub struct EmbeddedStore {
     writes: mpsc::Sender<Write>,
     reads: SqlitePool,
+    outbox: Arc<OutboxState>,
+}
+
+/// Shared between the store handle and its writer task.
+struct OutboxState {
+    config: Option<OutboxConfig>,
+    /// Committed pending entries (only the writer changes it).
+    pending: AtomicU64,
+    signal: Arc<Notify>,
 }
 
 fn internal(e: sqlx::Error) -> StoreError {
@@ -110,8 +137,14 @@ fn closed<T>(_: T) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) `dir/chat.db` and starts the writer task.
+    /// Opens (creating if needed) `dir/chat.db` without the outbox and starts the writer task.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, None).await
+    }
+
+    /// Opens `dir/chat.db`; with `outbox`, every appended message also writes its
+    /// `message.sent` outbox entry (see the outbox contract in `store`).
+    pub async fn open_with(dir: &Path, outbox: Option<OutboxConfig>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create DATA_DIR {}: {e}", dir.display()))
         })?;
@@ -137,9 +170,22 @@ impl EmbeddedStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(internal)?;
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&mut writer)
+            .await
+            .map_err(internal)?;
+        let outbox = Arc::new(OutboxState {
+            config: outbox,
+            pending: AtomicU64::new(pending as u64),
+            signal: Arc::new(Notify::new()),
+        });
         let (tx, rx) = mpsc::channel(8 * MAX_BATCH);
-        tokio::spawn(run_writer(writer, rx));
-        Ok(Self { writes: tx, reads })
+        tokio::spawn(run_writer(writer, rx, outbox.clone()));
+        Ok(Self {
+            writes: tx,
+            reads,
+            outbox,
+        })
     }
 
     async fn write<T>(
@@ -251,7 +297,8 @@ enum Reply {
         oneshot::Sender<Result<(Room, bool), StoreError>>,
         (Room, bool),
     ),
-    AddMember(oneshot::Sender<Result<(), StoreError>>),
+    /// `AddMember` and `MarkSent`.
+    Unit(oneshot::Sender<Result<(), StoreError>>),
 }
 
 impl Reply {
@@ -259,7 +306,7 @@ impl Reply {
         match self {
             Reply::Append(tx, v) => drop(tx.send(Ok(v))),
             Reply::CreateRoom(tx, v) => drop(tx.send(Ok(v))),
-            Reply::AddMember(tx) => drop(tx.send(Ok(()))),
+            Reply::Unit(tx) => drop(tx.send(Ok(()))),
         }
     }
 
@@ -268,12 +315,16 @@ impl Reply {
         match self {
             Reply::Append(tx, _) => drop(tx.send(Err(e()))),
             Reply::CreateRoom(tx, _) => drop(tx.send(Err(e()))),
-            Reply::AddMember(tx) => drop(tx.send(Err(e()))),
+            Reply::Unit(tx) => drop(tx.send(Err(e()))),
         }
     }
 }
 
-async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
+async fn run_writer(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Write>,
+    outbox: Arc<OutboxState>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut close = None;
@@ -285,7 +336,7 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
             }
         }
         if !ops.is_empty() {
-            commit_batch(&mut conn, ops).await;
+            commit_batch(&mut conn, ops, &outbox).await;
         }
         if let Some(done) = close {
             rx.close();
@@ -301,16 +352,38 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
-async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>) {
+async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>, outbox: &OutboxState) {
     let mut replies = Vec::with_capacity(ops.len());
     let mut pending_errors = Vec::new();
+    let mut refused = Vec::new();
+    let pending_before = outbox.pending.load(Ordering::Relaxed);
+    // Outbox entries added / removed by this batch (applied to `pending` after the commit).
+    let (mut added, mut removed) = (0u64, 0u64);
     let result: Result<(), StoreError> = async {
         let mut tx = conn.begin().await.map_err(internal)?;
         for op in ops {
             match op {
                 Write::Append(message, reply) => {
-                    let appended = append_in(&mut tx, message).await?;
-                    replies.push(Reply::Append(reply, appended));
+                    let limit = outbox.config.map(|c| {
+                        let pending = (pending_before + added).saturating_sub(removed);
+                        OutboxLimit {
+                            full: pending >= c.max_pending,
+                            pending,
+                        }
+                    });
+                    match append_in(&mut tx, message, limit).await {
+                        Ok((appended, entry)) => {
+                            added += u64::from(entry);
+                            replies.push(Reply::Append(reply, appended));
+                        }
+                        // A full outbox refuses this message, not the batch.
+                        Err(e @ StoreError::OutboxFull(_)) => refused.push((reply, e)),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Write::MarkSent(seqs, reply) => {
+                    removed += mark_sent_in(&mut tx, &seqs).await?;
+                    replies.push(Reply::Unit(reply));
                 }
                 Write::CreateRoom(room, reply) => match create_room_in(&mut tx, room).await {
                     Ok(v) => replies.push(Reply::CreateRoom(reply, v)),
@@ -320,7 +393,7 @@ async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>) {
                 },
                 Write::AddMember(room, user, reply) => {
                     add_member_in(&mut tx, &room, &user).await?;
-                    replies.push(Reply::AddMember(reply));
+                    replies.push(Reply::Unit(reply));
                 }
                 Write::Close(_) => unreachable!("close is handled by the writer loop"),
             }
@@ -329,7 +402,14 @@ async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>) {
     }
     .await;
     match result {
-        Ok(()) => replies.into_iter().for_each(Reply::ok),
+        Ok(()) => {
+            let now = (pending_before + added).saturating_sub(removed);
+            outbox.pending.store(now, Ordering::Relaxed);
+            if added > 0 {
+                outbox.signal.notify_one();
+            }
+            replies.into_iter().for_each(Reply::ok);
+        }
         Err(e) => {
             tracing::error!(error = %e, "embedded store batch failed");
             replies.into_iter().for_each(|r| r.fail(&e));
@@ -338,9 +418,45 @@ async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>) {
     for reply in pending_errors {
         let _ = reply.send(Err(StoreError::RoomExists));
     }
+    if let Some((_, StoreError::OutboxFull(n))) = refused.first() {
+        tracing::warn!(
+            pending = n,
+            refused = refused.len(),
+            "notification outbox full: refusing new messages until the relay catches up (OUTBOX_MAX_PENDING)"
+        );
+    }
+    for (reply, e) in refused {
+        let _ = reply.send(Err(e));
+    }
 }
 
-async fn append_in(conn: &mut SqliteConnection, message: Message) -> Result<Appended, StoreError> {
+/// Whether the outbox is enabled and full, for one append.
+#[derive(Clone, Copy)]
+struct OutboxLimit {
+    full: bool,
+    pending: u64,
+}
+
+async fn mark_sent_in(conn: &mut SqliteConnection, seqs: &[u64]) -> Result<u64, StoreError> {
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    let list = serde_json::to_string(seqs).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let done = sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))")
+        .bind(list)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+    Ok(done.rows_affected())
+}
+
+/// Stores the message and, with the outbox enabled, its outbox entry; returns whether an
+/// entry was written.
+async fn append_in(
+    conn: &mut SqliteConnection,
+    message: Message,
+    outbox: Option<OutboxLimit>,
+) -> Result<(Appended, bool), StoreError> {
     if let Some(cmid) = &message.client_message_id {
         let existing = sqlx::query(concat!(
             "SELECT ",
@@ -355,11 +471,17 @@ async fn append_in(conn: &mut SqliteConnection, message: Message) -> Result<Appe
         .await
         .map_err(internal)?;
         if let Some(row) = existing {
-            return Ok(Appended {
+            let appended = Appended {
                 message: message_from_row(&row)?,
                 duplicate: true,
-            });
+            };
+            return Ok((appended, false));
         }
+    }
+    if let Some(limit) = outbox
+        && limit.full
+    {
+        return Err(StoreError::OutboxFull(limit.pending));
     }
     sqlx::query(
         "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
@@ -393,9 +515,75 @@ async fn append_in(conn: &mut SqliteConnection, message: Message) -> Result<Appe
     .execute(&mut *conn)
     .await
     .map_err(internal)?;
-    Ok(Appended {
+    if outbox.is_some() {
+        outbox_insert_in(conn, &message).await?;
+    }
+    let appended = Appended {
         message,
         duplicate: false,
+    };
+    Ok((appended, outbox.is_some()))
+}
+
+async fn outbox_insert_in(
+    conn: &mut SqliteConnection,
+    message: &Message,
+) -> Result<(), StoreError> {
+    let members: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM room_participants WHERE room_id = ? ORDER BY user_id",
+    )
+    .bind(message.room_id.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(internal)?;
+    let sender = message.user_id.as_str();
+    let receivers: Vec<&str> = members
+        .iter()
+        .map(String::as_str)
+        .filter(|u| *u != sender)
+        .collect();
+    // "The other participant of a 2-person room": the sender and exactly one other.
+    let receiver = (members.len() == 2 && receivers.len() == 1).then(|| receivers[0]);
+    let receiver_ids =
+        serde_json::to_string(&receivers).map_err(|e| StoreError::Internal(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO outbox (message_id, room_id, sender_id, receiver_id, receiver_ids, message,
+            timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(message.message_id.as_str())
+    .bind(message.room_id.as_str())
+    .bind(sender)
+    .bind(receiver)
+    .bind(receiver_ids)
+    .bind(message.message.as_str())
+    .bind(message.timestamp as i64)
+    .execute(&mut *conn)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
+
+fn outbox_entry_from_row(row: &SqliteRow) -> Result<OutboxEntry, StoreError> {
+    let get = |i: usize| row.try_get::<String, _>(i).map_err(internal);
+    let user = |s: &str| UserId::parse(s).map_err(|_| corrupt("outbox user id"));
+    let receiver_ids: Vec<String> =
+        serde_json::from_str(&get(5)?).map_err(|_| corrupt("outbox receivers"))?;
+    Ok(OutboxEntry {
+        seq: row.try_get::<i64, _>(0).map_err(internal)? as u64,
+        message_id: MessageId::parse(&get(1)?).map_err(|_| corrupt("outbox message id"))?,
+        room_id: RoomId::parse(&get(2)?).map_err(|_| corrupt("outbox room id"))?,
+        sender_id: user(&get(3)?)?,
+        receiver_id: row
+            .try_get::<Option<String>, _>(4)
+            .map_err(internal)?
+            .map(|s| user(&s))
+            .transpose()?,
+        receiver_ids: receiver_ids
+            .iter()
+            .map(|s| user(s))
+            .collect::<Result<_, _>>()?,
+        message: get(6)?,
+        timestamp: row.try_get::<i64, _>(7).map_err(internal)? as u64,
     })
 }
 
@@ -573,6 +761,31 @@ impl MessageStore for EmbeddedStore {
             rooms.push(room_from_row(row, parts)?);
         }
         Ok(rooms)
+    }
+
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, message_id, room_id, sender_id, receiver_id, receiver_ids, message,
+                timestamp FROM outbox ORDER BY seq LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        rows.iter().map(outbox_entry_from_row).collect()
+    }
+
+    async fn outbox_mark_sent(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let seqs = seqs.to_vec();
+        self.write(|tx| Write::MarkSent(seqs, tx)).await
+    }
+
+    async fn outbox_len(&self) -> Result<u64, StoreError> {
+        Ok(self.outbox.pending.load(Ordering::Relaxed))
+    }
+
+    fn outbox_signal(&self) -> Arc<Notify> {
+        self.outbox.signal.clone()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -11,10 +11,42 @@
 //!   `updatedAt`.
 //! - Outage: an unreachable backend returns `StoreError::Unavailable` promptly; it never hangs
 //!   and never reports success for an unstored write.
+//!
+//! # Outbox contract (SPEC 8: notification events, transactional outbox)
+//! A store built with the outbox enabled (`OutboxConfig`) writes, for every message it stores,
+//! one `OutboxEntry` **in the same transaction** as the message: either both are durable or
+//! neither is. The relay (`crate::events::relay`) reads pending entries, publishes them, and
+//! only then marks them sent; so an event is never lost, only delayed (at-least-once).
+//! - The entry is built from the stored message and the room's participants at append time:
+//!   `receiver_ids` = every participant of the room but the sender (private rooms: their
+//!   participants; open rooms: the users who ever joined), sorted.
+//! - A duplicate append (idempotent `clientMessageId`) writes no second entry.
+//! - `seq` is strictly increasing in commit order; `outbox_pending` returns the oldest pending
+//!   entries first, so the events of a room leave in the order its messages were stored.
+//! - `outbox_mark_sent` removes entries for good (unknown `seq`s are ignored, so a repeated
+//!   call is harmless). Until it is called, an entry is returned again by every
+//!   `outbox_pending`, including after a restart.
+//! - Bound: when `outbox_len()` has reached `OutboxConfig::max_pending`, an append that would
+//!   add an entry fails with `StoreError::OutboxFull` and stores nothing (the message is
+//!   refused, never stored without its event). Idempotent replays of stored messages still
+//!   succeed.
+//! - `outbox_signal` is notified after every commit that added entries, so a relay in the same
+//!   process wakes up at once; relays also poll, which covers entries written elsewhere.
+//! - Several instances: a backend private to one instance (embedded) is relayed by that
+//!   instance alone. A backend shared by instances (MongoDB, PostgreSQL) must make
+//!   `outbox_pending` a *claim*: entries handed to one relay are not handed to another until a
+//!   lease expires (e.g. `UPDATE .. SET claimed_until .. WHERE seq IN (SELECT .. FOR UPDATE
+//!   SKIP LOCKED) RETURNING ..`), and a lease outlives a publish batch, so an entry is published
+//!   twice only when a relay dies or stalls between publishing and `outbox_mark_sent`.
+//! - A store built without the outbox writes no entries; existing entries stay until a relay
+//!   sends them.
 
 pub mod embedded;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
 use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId};
 
@@ -29,6 +61,9 @@ pub enum StoreError {
     /// `create_room` with a room id that already exists.
     #[error("room already exists")]
     RoomExists,
+    /// The notification outbox holds `max_pending` entries: the message was not stored.
+    #[error("notification outbox full ({0} events pending)")]
+    OutboxFull(u64),
     #[error("storage error: {0}")]
     Internal(String),
 }
@@ -39,6 +74,30 @@ pub struct Appended {
     pub message: Message,
     /// True when an earlier message with the same client message id was returned instead.
     pub duplicate: bool,
+}
+
+/// The outbox settings of a store (see the outbox contract above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// Most pending entries; appends beyond it fail with `OutboxFull`.
+    pub max_pending: u64,
+}
+
+/// One pending `message.sent` event, as written beside its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Strictly increasing in commit order (per store).
+    pub seq: u64,
+    pub message_id: MessageId,
+    pub room_id: RoomId,
+    pub sender_id: UserId,
+    /// The other participant when the room has exactly two (the sender and this one).
+    pub receiver_id: Option<UserId>,
+    /// The room's participants but the sender, sorted.
+    pub receiver_ids: Vec<UserId>,
+    pub message: String,
+    /// The message's timestamp, epoch milliseconds.
+    pub timestamp: u64,
 }
 
 #[async_trait]
@@ -76,6 +135,18 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The rooms `user` takes part in, most recently active first.
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError>;
+
+    /// Up to `limit` pending outbox entries, oldest (lowest `seq`) first.
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Removes the given entries from the outbox (durably, before returning).
+    async fn outbox_mark_sent(&self, seqs: &[u64]) -> Result<(), StoreError>;
+
+    /// How many entries are pending.
+    async fn outbox_len(&self) -> Result<u64, StoreError>;
+
+    /// Notified after each commit that added outbox entries.
+    fn outbox_signal(&self) -> Arc<Notify>;
 
     /// Cheap reachability check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;

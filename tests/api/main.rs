@@ -4,8 +4,10 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod broker;
 mod grpc_auth;
 mod limits;
+mod notifications;
 mod persistence;
 mod raw_ws;
 mod rest;
