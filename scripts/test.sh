@@ -9,6 +9,13 @@ scripts/setup.sh
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "Redis on 127.0.0.1:6379 (multi-instance tests; started when not running)"
+if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --port 6379 --save "" --appendonly no
+  for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+redis-cli -p 6379 ping
+
 step "cargo fmt --check"
 cargo fmt --check
 

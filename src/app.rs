@@ -19,11 +19,15 @@ use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::auth::{Authenticator, jwt::JwtAuth, none::NoAuth};
+use crate::bus::Bus;
 use crate::bus::local::LocalBus;
+use crate::bus::redis::RedisBus;
 use crate::chat::ChatService;
 use crate::chat::rooms::RoomRegistry;
 use crate::config::{AuthConfig, Config, CorsConfig, StorageKind};
+use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
+use crate::presence::redis::RedisPresence;
 use crate::store::{MessageStore, embedded::EmbeddedStore};
 use crate::transport::{http, page, socketio, ws};
 
@@ -36,15 +40,24 @@ pub struct App {
     chat: Arc<ChatService>,
     store: Arc<dyn MessageStore>,
     shutdown_timeout: Duration,
+    /// Adapter tasks (Redis bus, presence heartbeat), aborted after the drain.
+    background: Background,
+}
+
+/// Background adapter tasks; aborted when dropped, so an app that is dropped (or whose run
+/// future is aborted) stops talking to Redis.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
-        if cfg.redis.is_some() {
-            anyhow::bail!(
-                "REDIS_HOST/REDIS_URL: the Redis adapters are not in this build yet; unset them to run a single instance"
-            );
-        }
         if cfg.rabbitmq.is_some() {
             anyhow::bail!(
                 "RABBITMQ_URL: the RabbitMQ publisher is not in this build yet; unset it to run without notification events"
@@ -81,9 +94,40 @@ impl App {
             ),
         };
         let registry = Arc::new(RoomRegistry::new());
-        let bus = Arc::new(LocalBus::new());
-        bus.set_handler(registry.clone());
-        let presence = Arc::new(MemoryPresence::new());
+        let mut background = Vec::new();
+        let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) = match &cfg.redis {
+            None => {
+                let bus = Arc::new(LocalBus::new());
+                bus.set_handler(registry.clone());
+                (bus, Arc::new(MemoryPresence::new()))
+            }
+            Some(redis) => {
+                if cfg.storage == StorageKind::Embedded {
+                    tracing::warn!(
+                        "Redis with STORAGE=embedded: each instance keeps its own durable store; share MongoDB or PostgreSQL in production"
+                    );
+                }
+                let origin = instance_id();
+                let bus = Arc::new(
+                    RedisBus::new(&redis.url, origin.clone())
+                        .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
+                );
+                bus.set_handler(registry.clone());
+                let presence = Arc::new(
+                    RedisPresence::new(&redis.url, origin.clone())
+                        .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
+                );
+                background.push(tokio::spawn(bus.clone().run()));
+                background.push(tokio::spawn(presence.clone().run_heartbeat()));
+                if !bus.wait_connected(Duration::from_secs(3)).await {
+                    tracing::warn!(
+                        "Redis is not reachable yet: serving this instance's clients alone until it is"
+                    );
+                }
+                tracing::info!(instance = %origin, "multi-instance mode: Redis bus and presence");
+                (bus, presence)
+            }
+        };
         let chat = Arc::new(ChatService::new(
             cfg.chat.clone(),
             store.clone(),
@@ -140,6 +184,7 @@ impl App {
             chat,
             store,
             shutdown_timeout: cfg.shutdown_timeout,
+            background: Background(background),
         })
     }
 
@@ -165,6 +210,7 @@ impl App {
             chat,
             store,
             shutdown_timeout,
+            background,
         } = self;
         let typing = tokio::spawn({
             let chat = chat.clone();
@@ -210,6 +256,7 @@ impl App {
             Err(_) => tracing::warn!("in-flight requests did not finish in time"),
         }
         typing.abort();
+        drop(background);
         if tokio::time::timeout(shutdown_timeout, store.close())
             .await
             .is_err()
@@ -239,6 +286,11 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
                 .collect::<Vec<_>>(),
         )),
     }
+}
+
+/// A random id naming this process in Redis entries and bus envelopes.
+fn instance_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -143,6 +143,17 @@ pub enum CorsConfig {
     List(Vec<String>),
 }
 
+/// Multi-instance mode (SPEC 7): the shared Redis and its history cache.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`, from `REDIS_URL` or `REDIS_HOST/PORT/PASSWORD`.
+    pub url: String,
+    /// Messages kept per room in `chat:history:{roomId}` (`MAX_MESSAGE_HISTORY`).
+    pub max_message_history: usize,
+    /// TTL of `chat:history:{roomId}` (`MESSAGE_HISTORY_TTL`).
+    pub message_history_ttl: Duration,
+}
+
 /// The validated configuration the composition root builds from.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -150,7 +161,7 @@ pub struct Config {
     pub production: bool,
     pub storage: StorageKind,
     pub data_dir: PathBuf,
-    pub redis: Option<String>,
+    pub redis: Option<RedisConfig>,
     pub rabbitmq: Option<String>,
     pub cors: CorsConfig,
     pub max_payload_bytes: u64,
@@ -218,6 +229,18 @@ impl Config {
             }),
             _ => None,
         };
+        if let Some(url) = &redis
+            && !url.starts_with("redis://")
+        {
+            return Err(bad(
+                if cli.redis_url.is_some() {
+                    "REDIS_URL"
+                } else {
+                    "REDIS_HOST"
+                },
+                "must be a redis:// URL (or a host name)",
+            ));
+        }
         let auth = match cli.auth_mode.as_deref().map(str::trim) {
             None | Some("") | Some("none") => AuthConfig::None,
             Some("jwt") => AuthConfig::Jwt(JwtConfig {
@@ -277,7 +300,11 @@ impl Config {
             production: cli.node_env == "production",
             storage,
             data_dir: cli.data_dir,
-            redis,
+            redis: redis.map(|url| RedisConfig {
+                url,
+                max_message_history: cli.max_message_history as usize,
+                message_history_ttl: Duration::from_secs(cli.message_history_ttl),
+            }),
             rabbitmq: cli.rabbitmq_url.filter(|u| !u.is_empty()),
             cors,
             max_payload_bytes: cli.max_payload_bytes,
@@ -336,6 +363,10 @@ mod tests {
             "pw",
         ])
         .unwrap();
-        assert_eq!(c.redis.as_deref(), Some("redis://:pw@r:7000"));
+        let redis = c.redis.unwrap();
+        assert_eq!(redis.url, "redis://:pw@r:7000");
+        assert_eq!(redis.max_message_history, 1000);
+        assert_eq!(redis.message_history_ttl, Duration::from_secs(604_800));
+        assert!(parse(&["--redis-url", "http://x"]).is_err());
     }
 }

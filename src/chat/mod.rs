@@ -610,11 +610,19 @@ impl ChatService {
 
     pub async fn readiness(&self) -> Vec<DependencyStatus> {
         let store = self.store.ping().await;
-        vec![DependencyStatus {
+        let mut deps = vec![DependencyStatus {
             name: "store",
             up: store.is_ok(),
             error: store.err().map(|e| e.to_string()),
-        }]
+        }];
+        if let Some((name, bus)) = self.bus.health().await {
+            deps.push(DependencyStatus {
+                name,
+                up: bus.is_ok(),
+                error: bus.err().map(|e| e.to_string()),
+            });
+        }
+        deps
     }
 }
 

@@ -4,6 +4,7 @@ mod support;
 
 mod auth;
 mod limits;
+mod multi_instance;
 mod persistence;
 mod raw_ws;
 mod rest;

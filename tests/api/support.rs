@@ -67,6 +67,46 @@ async fn start(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> TestApp {
     }
 }
 
+/// The Redis every multi-instance test shares: `TEST_REDIS_URL`, default the local one. The
+/// tests use unique room and user ids (`unique`) and never flush it.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A connection to the test Redis, for checking keys; fails loudly when Redis is not running.
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| {
+            panic!("Redis is not reachable at {url}: start it (scripts/test.sh does) or set TEST_REDIS_URL")
+        })
+}
+
+/// An instance in multi-instance mode on the test Redis (plus extra settings).
+pub async fn spawn_redis_app(args: &[&str]) -> TestApp {
+    redis().await;
+    let url = redis_url();
+    let mut all = vec!["--redis-url", url.as_str()];
+    all.extend_from_slice(args);
+    spawn_app_with(&all).await
+}
+
+/// An id no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{:x}-{}",
+        std::process::id(),
+        rand::random::<u32>(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)

@@ -1,0 +1,240 @@
+//! SPEC 7 in one process: two instances on the same (real) Redis behave, to every client, like
+//! one instance. Room and user ids are unique per test; Redis is never flushed.
+
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+
+use crate::raw_ws;
+use crate::support::{WAIT, redis, spawn_redis_app, unique};
+
+fn user_ids(users: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = users
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|u| u["userId"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn numsub(room: &str) -> i64 {
+    let mut r = redis().await;
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("chat:room:{room}"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    n
+}
+
+/// Waits until `check` holds (state in Redis has no event to wait on), up to `WAIT`.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn messages_typing_joins_and_leaves_cross_instances() {
+    let (app_a, app_b) = (spawn_redis_app(&[]).await, spawn_redis_app(&[]).await);
+    let room = unique("room");
+    let (ua, ub) = (unique("ann"), unique("bob"));
+    let mut a = app_a.member(&ua, &room).await;
+    let mut b = app_b.user(&ub).await;
+    let (_, users) = b.join(&room).await;
+    assert_eq!(user_ids(&users), {
+        let mut v = vec![ua.clone(), ub.clone()];
+        v.sort();
+        v
+    });
+    let joined = a.event("user_joined").await;
+    assert_eq!(
+        joined,
+        json!({"roomId": room, "userId": ub, "username": ub})
+    );
+
+    let ack = a.say(&room, "hello from A").await;
+    let on_b = b.event("new_message").await;
+    assert_eq!(on_b["message"], "hello from A");
+    assert_eq!(on_b["messageId"], ack["messageId"]);
+    assert_eq!(on_b["userId"], ua.as_str());
+    assert_eq!(a.event("new_message").await["message"], "hello from A");
+
+    b.emit("typing", json!({"roomId": room, "isTyping": true}));
+    let typing = a.event("user_typing").await;
+    assert_eq!(
+        typing,
+        json!({"roomId": room, "userId": ub, "username": ub, "isTyping": true})
+    );
+
+    let ack = b.emit_ack("leave_room", json!({"roomId": room})).await;
+    assert_eq!(ack["success"], true);
+    assert_eq!(
+        a.event("user_left").await,
+        json!({"roomId": room, "userId": ub, "username": ub})
+    );
+    // Nobody got an event twice.
+    a.say(&room, "marker").await;
+    assert_eq!(a.event("new_message").await["message"], "marker");
+    assert!(a.received("new_message").is_empty());
+    assert!(a.received("user_joined").is_empty());
+    assert!(b.received("new_message").is_empty());
+}
+
+#[tokio::test]
+async fn per_sender_order_holds_across_instances_without_duplicates() {
+    let (app_a, app_b) = (
+        spawn_redis_app(&["--rate-limit-per-sec", "0"]).await,
+        spawn_redis_app(&[]).await,
+    );
+    let room = unique("order");
+    let mut a = app_a.member(&unique("a"), &room).await;
+    let mut b = app_b.member(&unique("b"), &room).await;
+    let mut c = app_b.member(&unique("c"), &room).await;
+    const N: usize = 200;
+    let acks: Vec<_> = (0..N)
+        .map(|i| {
+            a.emit_with_ack(
+                "send_message",
+                json!({"roomId": room, "message": format!("m{i}")}),
+            )
+        })
+        .collect();
+    for ack in acks {
+        assert_eq!(ack.await.unwrap()["success"], true);
+    }
+    for client in [&mut a, &mut b, &mut c] {
+        for i in 0..N {
+            let m = client.event("new_message").await;
+            assert_eq!(m["message"], format!("m{i}"));
+        }
+    }
+    b.say(&room, "end").await;
+    for client in [&mut a, &mut b, &mut c] {
+        assert_eq!(client.event("new_message").await["message"], "end");
+        assert!(client.received("new_message").is_empty(), "duplicates");
+    }
+}
+
+#[tokio::test]
+async fn membership_is_per_user_across_instances_and_disconnect_leaves() {
+    let (app_a, app_b) = (spawn_redis_app(&[]).await, spawn_redis_app(&[]).await);
+    let room = unique("members");
+    let (uu, uw) = (unique("u"), unique("watcher"));
+    let mut watcher = app_a.member(&uw, &room).await;
+    let u_on_a = app_a.member(&uu, &room).await;
+    assert_eq!(watcher.event("user_joined").await["userId"], uu.as_str());
+    // The same user on the other instance: no second user_joined.
+    let mut u_on_b = app_b.member(&uu, &room).await;
+    let mut r = redis().await;
+    let members: Vec<String> = r.smembers(format!("chat:room:{room}:users")).await.unwrap();
+    assert_eq!(members.len(), 2);
+    // Its connection on A goes: still a member (connected on B), no user_left.
+    u_on_a.disconnect();
+    u_on_b.say(&room, "still here").await;
+    assert_eq!(watcher.event("new_message").await["message"], "still here");
+    assert!(watcher.received("user_left").is_empty());
+    assert!(watcher.received("user_joined").is_empty());
+    // Its last connection goes (a disconnect on B): user_left reaches A.
+    u_on_b.disconnect();
+    assert_eq!(watcher.event("user_left").await["userId"], uu.as_str());
+    let members: Vec<String> = r.smembers(format!("chat:room:{room}:users")).await.unwrap();
+    assert_eq!(members, vec![uw.clone()]);
+    // A newcomer on B sees the members of both instances.
+    let mut late = app_b.user(&unique("late")).await;
+    let (_, users) = late.join(&room).await;
+    let ids = user_ids(&users);
+    assert_eq!(ids.len(), 2, "{users}");
+    assert!(ids.contains(&uw));
+}
+
+#[tokio::test]
+async fn presence_hash_tracks_status_socket_and_name() {
+    let app_a = spawn_redis_app(&[]).await;
+    let user = unique("p");
+    let room = unique("proom");
+    let c = app_a.member(&user, &room).await;
+    let mut r = redis().await;
+    let key = format!("user:presence:{user}");
+    let h: std::collections::HashMap<String, String> = r.hgetall(&key).await.unwrap();
+    assert_eq!(h["status"], "online");
+    assert_eq!(h["username"], user);
+    assert!(!h["socketId"].is_empty());
+    assert!(h["lastSeen"].parse::<u64>().unwrap() > 1_600_000_000_000);
+    let ttl: i64 = r.ttl(&key).await.unwrap();
+    assert!((3500..=3600).contains(&ttl), "ttl {ttl}");
+    c.disconnect();
+    eventually("presence offline", || {
+        let key = key.clone();
+        async move {
+            let mut r = redis().await;
+            let s: Option<String> = r.hget(&key, "status").await.unwrap();
+            s.as_deref() == Some("offline")
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn instances_subscribe_only_to_rooms_with_local_members() {
+    let (app_a, app_b) = (spawn_redis_app(&[]).await, spawn_redis_app(&[]).await);
+    let room = unique("subs");
+    assert_eq!(numsub(&room).await, 0);
+    let mut a1 = app_a.member(&unique("a1"), &room).await;
+    assert_eq!(numsub(&room).await, 1);
+    let a2 = app_a.member(&unique("a2"), &room).await;
+    assert_eq!(numsub(&room).await, 1);
+    let b = app_b.member(&unique("b"), &room).await;
+    assert_eq!(numsub(&room).await, 2);
+    a1.emit_ack("leave_room", json!({"roomId": room})).await;
+    assert_eq!(numsub(&room).await, 2);
+    a2.disconnect();
+    eventually("A unsubscribed", || async { numsub(&room).await == 1 }).await;
+    b.disconnect();
+    eventually("B unsubscribed", || async { numsub(&room).await == 0 }).await;
+}
+
+#[tokio::test]
+async fn raw_websocket_and_socketio_clients_chat_across_instances() {
+    let (app_a, app_b) = (spawn_redis_app(&[]).await, spawn_redis_app(&[]).await);
+    let room = unique("mixed");
+    let (uw, us) = (unique("ws"), unique("sio"));
+    let mut sio = app_a.member(&us, &room).await;
+    let mut ws = raw_ws::connect(app_b.addr, "/ws").await;
+    raw_ws::send(
+        &mut ws,
+        json!({"event": "authenticate", "data": {"userId": uw, "username": uw}}),
+    )
+    .await;
+    raw_ws::next(&mut ws, "authenticated").await;
+    raw_ws::send(
+        &mut ws,
+        json!({"event": "join_room", "data": {"roomId": room}, "id": 1}),
+    )
+    .await;
+    raw_ws::next(&mut ws, "room_users").await;
+    assert_eq!(sio.event("user_joined").await["userId"], uw.as_str());
+    raw_ws::send(
+        &mut ws,
+        json!({"event": "send_message", "data": {"roomId": room, "message": "from raw ws"}}),
+    )
+    .await;
+    assert_eq!(sio.event("new_message").await["message"], "from raw ws");
+    assert_eq!(
+        raw_ws::next(&mut ws, "new_message").await["data"]["message"],
+        "from raw ws"
+    );
+    sio.say(&room, "from socket.io").await;
+    assert_eq!(
+        raw_ws::next(&mut ws, "new_message").await["data"]["message"],
+        "from socket.io"
+    );
+}
