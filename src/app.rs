@@ -28,6 +28,7 @@ use crate::config::{AuthConfig, Config, CorsConfig, StorageKind};
 use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
+use crate::store::redis_cache::RedisCachedStore;
 use crate::store::{MessageStore, embedded::EmbeddedStore};
 use crate::transport::{http, page, socketio, ws};
 
@@ -78,6 +79,19 @@ impl App {
             StorageKind::Postgres => {
                 anyhow::bail!("STORAGE=postgres: the PostgreSQL store is not in this build yet")
             }
+        };
+        // With Redis, history is read from the shared cache first (SPEC 7).
+        let store: Arc<dyn MessageStore> = match &cfg.redis {
+            None => store,
+            Some(redis) => Arc::new(
+                RedisCachedStore::new(
+                    store,
+                    &redis.url,
+                    redis.max_message_history,
+                    redis.message_history_ttl,
+                )
+                .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
+            ),
         };
         let auth: Arc<dyn Authenticator> = match &cfg.auth {
             AuthConfig::None => {

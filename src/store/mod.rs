@@ -13,6 +13,7 @@
 //!   and never reports success for an unstored write.
 
 pub mod embedded;
+pub mod redis_cache;
 
 use async_trait::async_trait;
 

@@ -238,3 +238,77 @@ async fn raw_websocket_and_socketio_clients_chat_across_instances() {
         "from socket.io"
     );
 }
+
+fn texts(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Each instance here has its own embedded store: what B knows of A's messages comes from
+/// the shared `chat:history:{roomId}` list.
+#[tokio::test]
+async fn history_is_shared_through_the_redis_cache() {
+    let (app_a, app_b) = (
+        spawn_redis_app(&["--max-message-history", "5", "--message-history-ttl", "600"]).await,
+        spawn_redis_app(&["--max-message-history", "5", "--message-history-ttl", "600"]).await,
+    );
+    let room = unique("hist");
+    let mut a = app_a.member(&unique("a"), &room).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(a.say(&room, &format!("m{i}")).await["messageId"].clone());
+    }
+    let mut r = redis().await;
+    let key = format!("chat:history:{room}");
+    let cached: Vec<String> = r.lrange(&key, 0, -1).await.unwrap();
+    assert_eq!(cached.len(), 5);
+    let first: Value = serde_json::from_str(&cached[0]).unwrap();
+    assert_eq!(first["message"], "m3");
+    assert_eq!(
+        crate::support::keys(&first),
+        [
+            "message",
+            "messageId",
+            "messageType",
+            "roomId",
+            "timestamp",
+            "userId",
+            "username"
+        ]
+    );
+    let ttl: i64 = r.ttl(&key).await.unwrap();
+    assert!((1..=600).contains(&ttl), "ttl {ttl}");
+
+    // B has none of them in its own store: join history, REST history and `since` come from
+    // the cache window.
+    let mut b = app_b.user(&unique("b")).await;
+    let (history, _) = b.join(&room).await;
+    assert_eq!(texts(&history), ["m3", "m4", "m5", "m6", "m7"]);
+    assert_eq!(
+        app_b.stored_texts(&room).await,
+        ["m3", "m4", "m5", "m6", "m7"]
+    );
+    let (status, body) = app_b
+        .get(&format!("/api/chat/{room}/history?limit=2"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(texts(&body["messages"]), ["m6", "m7"]);
+    let (status, body) = app_b
+        .get(&format!(
+            "/api/chat/{room}/history?limit=2&before={}",
+            ids[6].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(texts(&body["messages"]), ["m4", "m5"]);
+    let mut c = app_b.user(&unique("c")).await;
+    c.emit_ack("join_room", json!({"roomId": room, "since": ids[5]}))
+        .await;
+    assert_eq!(texts(&c.event("message_history").await), ["m6", "m7"]);
+    // A still answers beyond the window from its durable store.
+    assert_eq!(app_a.stored_texts(&room).await.len(), 8);
+}
