@@ -312,3 +312,92 @@ async fn history_is_shared_through_the_redis_cache() {
     // A still answers beyond the window from its durable store.
     assert_eq!(app_a.stored_texts(&room).await.len(), 8);
 }
+
+async fn authenticate(
+    app: &crate::support::TestApp,
+    user: &str,
+) -> (crate::support::SioClient, Value) {
+    let mut c = app.client().await;
+    let ack = c
+        .emit_ack("authenticate", json!({"userId": user, "username": user}))
+        .await;
+    (c, ack)
+}
+
+#[tokio::test]
+async fn connection_limit_counts_every_instance() {
+    let args = ["--max-connections-per-user", "2"];
+    let (app_a, app_b) = (spawn_redis_app(&args).await, spawn_redis_app(&args).await);
+    let user = unique("lim");
+    let first = app_a.user(&user).await;
+    let _second = app_b.user(&user).await;
+    let (mut third, ack) = authenticate(&app_a, &user).await;
+    assert_eq!(ack["error"]["code"], "too_many_connections");
+    assert_eq!(third.event("error").await["code"], "too_many_connections");
+    third.closed().await;
+    let (_, ack) = authenticate(&app_b, &user).await;
+    assert_eq!(ack["error"]["code"], "too_many_connections");
+    // A slot freed on A admits a connection on B.
+    first.disconnect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_c, ack) = authenticate(&app_b, &user).await;
+        if ack["success"] == true {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never re-admitted: {ack}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An instance that died with connections open leaves entries nobody refreshes: they expire
+/// and stop counting (no permanent lock-out), and its users leave the room's member set.
+#[tokio::test]
+async fn entries_of_a_dead_instance_expire() {
+    let app = spawn_redis_app(&["--max-connections-per-user", "2"]).await;
+    let (user, room, ghost) = (unique("heal"), unique("healroom"), unique("ghost"));
+    let now = chat_service::domain::now_ms();
+    let mut r = redis().await;
+    // Two connections of `user` on a dead instance: one long expired, one expiring soon.
+    let conns = format!("chat:user:{user}:conns");
+    let _: () = r.zadd(&conns, "dead:1", now - 60_000).await.unwrap();
+    let _: () = r.zadd(&conns, "dead:2", now + 400).await.unwrap();
+    let _: () = r.pexpire(&conns, 60_000).await.unwrap();
+    // A ghost member of the room, from the dead instance.
+    let room_conns = format!("chat:room:{room}:conns");
+    let _: () = r
+        .zadd(&room_conns, format!("dead:3:{ghost}"), now - 1)
+        .await
+        .unwrap();
+    let _: () = r
+        .sadd(format!("chat:room:{room}:users"), &ghost)
+        .await
+        .unwrap();
+    let _: () = r.pexpire(&room_conns, 60_000).await.unwrap();
+
+    // The expired entry does not count: one slot is free.
+    let mut c1 = app.user(&user).await;
+    let (_, ack) = authenticate(&app, &user).await;
+    assert_eq!(ack["error"]["code"], "too_many_connections");
+    // Once the other dead entry expires, a second connection is admitted.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let _c2 = loop {
+        let (c, ack) = authenticate(&app, &user).await;
+        if ack["success"] == true {
+            break c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never admitted: {ack}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // The ghost is no member any more.
+    let (_, users) = c1.join(&room).await;
+    assert_eq!(user_ids(&users), vec![user.clone()]);
+    let members: Vec<String> = r.smembers(format!("chat:room:{room}:users")).await.unwrap();
+    assert_eq!(members, vec![user.clone()]);
+}
