@@ -380,17 +380,17 @@ impl RedisPresence {
         ok
     }
 
-    /// Refreshes this instance's entries every `ENTRY_TTL / 3` (every second while Redis is
-    /// unreachable); runs until the task is aborted.
+    /// Refreshes this instance's entries every `ENTRY_TTL / 3`, and every second while Redis
+    /// is failing (so the state is republished within a second of its return); runs until
+    /// the task is aborted.
     pub async fn run_heartbeat(self: Arc<Self>) {
+        let mut last_ok: Option<tokio::time::Instant> = None;
         loop {
-            let ok = self.refresh().await;
-            let wait = if ok {
-                ENTRY_TTL / 3
-            } else {
-                Duration::from_secs(1)
-            };
-            tokio::time::sleep(wait).await;
+            let due = last_ok.is_none_or(|t| t.elapsed() >= ENTRY_TTL / 3);
+            if (due || !self.healthy.load(Ordering::Acquire)) && self.refresh().await {
+                last_ok = Some(tokio::time::Instant::now());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 

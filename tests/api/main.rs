@@ -7,6 +7,7 @@ mod limits;
 mod multi_instance;
 mod persistence;
 mod raw_ws;
+mod redis_outage;
 mod rest;
 mod socket_events;
 mod validation;

@@ -29,17 +29,12 @@ async fn numsub(room: &str) -> i64 {
     n
 }
 
-/// Waits until `check` holds (state in Redis has no event to wait on), up to `WAIT`.
 async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::support::eventually(what, WAIT, check).await
 }
 
 #[tokio::test]

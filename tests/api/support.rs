@@ -475,3 +475,74 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("tests/api/fixtures")
         .join(name)
 }
+
+/// A TCP proxy the test controls, to cut a dependency's connections and restore them (an
+/// outage without stopping the shared server). While cut, live connections are closed and new
+/// ones are accepted and closed at once.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    up: Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(tokio::sync::watch::Sender::new(true));
+        let task = tokio::spawn({
+            let up = up.clone();
+            async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !*up.borrow() {
+                        drop(inbound);
+                        continue;
+                    }
+                    let mut cut = up.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.wait_for(|up| !*up) => {}
+                        }
+                    });
+                }
+            }
+        });
+        TcpProxy { addr, up, task }
+    }
+
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// Polls `check` until it holds, up to `wait` (for state that sends no event, such as keys in
+/// Redis or `/ready`).
+pub async fn eventually<F, Fut>(what: &str, wait: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
