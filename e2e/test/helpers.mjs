@@ -609,3 +609,101 @@ export function rawWs(server, wsPath = '/') {
     req.end();
   }), DEFAULT_TIMEOUT, `websocket upgrade on ${wsPath}`);
 }
+
+// ---------------------------------------------------------------------------
+// multi-instance (SPEC 7): Redis and nginx
+
+export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+/** Fails loudly unless the test Redis answers PING (scripts/test.sh starts one). */
+export async function assertRedisUp() {
+  const u = new URL(REDIS_URL);
+  const net = await import('node:net');
+  await withTimeout(new Promise((resolve, reject) => {
+    const s = net.createConnection({ host: u.hostname, port: Number(u.port || 6379) }, () => s.write('PING\r\n'));
+    s.on('data', (d) => { s.destroy(); if (String(d).startsWith('+PONG')) resolve(); else reject(new Error(`Redis answered ${d}`)); });
+    s.on('error', (e) => reject(new Error(`Redis is not reachable at ${REDIS_URL} (start it: scripts/test.sh does): ${e.message}`)));
+  }), DEFAULT_TIMEOUT, `Redis at ${REDIS_URL}`);
+}
+
+/** Two instances on the test Redis; each with its own DATA_DIR. */
+export async function startCluster(env = {}) {
+  await assertRedisUp();
+  const a = await startServer({ REDIS_URL, ...env });
+  const b = await startServer({ REDIS_URL, ...env });
+  return { a, b, stop: () => Promise.all([a.stop(), b.stop()]) };
+}
+
+/** A free TCP port on 127.0.0.1 (bound and released). */
+export async function freePort() {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Runs the real nginx (Debian package) in the foreground with deploy/nginx.conf, its upstream
+ * pointed at `servers` and its listen address at a free port, in a temporary prefix.
+ * Resolves {url, stop()} once nginx answers /health.
+ */
+export async function startNginx(servers) {
+  const bin = process.env.NGINX_BIN ?? '/usr/sbin/nginx';
+  const { existsSync, readFileSync } = await import('node:fs');
+  if (!existsSync(bin)) throw new Error(`nginx not found at ${bin}: install the Debian package (scripts/setup.sh does)`);
+  const prefix = mkdtempSync(path.join(tmpdir(), 'chat-nginx-'));
+  dataDirs.add(prefix);
+  const port = await freePort();
+  let site = readFileSync(path.resolve(E2E_DIR, '../deploy/nginx.conf'), 'utf8');
+  const upstream = servers.map((s) => `server 127.0.0.1:${s.port};`).join('\n    ');
+  const before = site;
+  site = site.replace(/server 10\.0\.0\.11:5004;[^\n]*\n\s*server 10\.0\.0\.12:5004;[^\n]*/, upstream);
+  assert.notEqual(site, before, 'deploy/nginx.conf: upstream server lines not found');
+  assert.match(site, /listen 80;/, 'deploy/nginx.conf: listen 80 not found');
+  site = site.replace('listen 80;', `listen 127.0.0.1:${port};`);
+  writeFileSync(path.join(prefix, 'chat-service.conf'), site);
+  writeFileSync(path.join(prefix, 'nginx.conf'), `
+daemon off;
+master_process off;
+pid ${prefix}/nginx.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path ${prefix}/body;
+    proxy_temp_path ${prefix}/proxy;
+    fastcgi_temp_path ${prefix}/fastcgi;
+    uwsgi_temp_path ${prefix}/uwsgi;
+    scgi_temp_path ${prefix}/scgi;
+    include ${prefix}/chat-service.conf;
+}
+`);
+  const proc = spawn(bin, ['-p', prefix, '-c', path.join(prefix, 'nginx.conf')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  liveChildren.add(proc);
+  let stderr = '';
+  proc.stderr.setEncoding('utf8');
+  proc.stderr.on('data', (d) => { stderr += d; });
+  const exited = new Promise((res) => proc.once('exit', (code) => { liveChildren.delete(proc); res(code); }));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + START_TIMEOUT;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`nginx exited (${proc.exitCode}): ${stderr}`);
+    try {
+      const r = await fetch(`${url}/health`);
+      if (r.status === 200) break;
+    } catch { /* not listening yet */ }
+    if (Date.now() > deadline) throw new Error(`nginx did not answer within ${START_TIMEOUT} ms: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    port,
+    stderr: () => stderr,
+    stop: async () => { if (proc.exitCode === null) { proc.kill('SIGQUIT'); await exited; } },
+  };
+}
