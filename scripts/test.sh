@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: format, lints, the Rust black-box tests, the official socket.io-client
-# end-to-end suite (polling, websocket and upgrade, wscat), the python-socketio client test, and
+# The whole test suite: format, lints, the Rust black-box tests (with the multi-instance ones on
+# a real Redis, started here when not running), the official socket.io-client end-to-end suite
+# (polling, websocket and upgrade, wscat, two instances behind a real nginx) once against one
+# instance and once across two instances, the python-socketio client test, and
 # the real-browser test of the page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,9 @@ export CHAT_BIN="$PWD/target/debug/chat-service"
 
 step "socket.io-client e2e suite"
 (cd e2e && npm test)
+
+step "socket.io-client e2e suite across two instances on Redis (E2E_CLUSTER=1)"
+(cd e2e && E2E_CLUSTER=1 npm test)
 
 step "python-socketio client"
 .venv/bin/python -m unittest discover -s e2e/python -v

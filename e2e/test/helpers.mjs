@@ -23,6 +23,12 @@ export const DEFAULT_TIMEOUT = 5000;
 const START_TIMEOUT = 30000;
 const STOP_TIMEOUT = 15000;
 
+// E2E_CLUSTER=1: every startServer() also starts a peer instance on the shared Redis
+// (TEST_REDIS_URL, default the local one), and socketPool() alternates its sockets between the
+// two, so the whole suite runs across two instances (SPEC 7).
+export const CLUSTER = process.env.E2E_CLUSTER === '1';
+const PEERS = new Map();
+
 // The three ways a socket.io-client can talk to the server.
 export const MODES = [
   { name: 'polling', transports: ['polling'] },
@@ -129,21 +135,30 @@ function launch(env, dataDir, args = []) {
  * Resolves with {url, port, dataDir, proc, env, stop(), restart(), stderr()}.
  * restart() keeps DATA_DIR (and env); the port may change, url/port/proc are updated in place.
  */
-export async function startServer(env = {}, { args = [], dotenv } = {}) {
+export async function startServer(env = {}, { args = [], dotenv, cluster = CLUSTER } = {}) {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'chat-e2e-'));
   dataDirs.add(dataDir);
   if (dotenv !== undefined) writeFileSync(path.join(dataDir, '.env'), dotenv);
+  if (cluster) {
+    await assertRedisUp();
+    env = { REDIS_URL, ...env };
+  }
   const server = { dataDir, env: { ...env }, args };
+  // Cluster mode: a second instance on the same Redis; socketPool() spreads sockets over both.
+  const peer = cluster ? await startServer(env, { args, dotenv, cluster: false }) : undefined;
+  server.peer = peer;
   let current;
   const attach = (c) => {
     current = c;
+    if (server.url) PEERS.delete(server.url);
     server.proc = c.proc;
     server.port = c.port;
     server.url = `http://127.0.0.1:${c.port}`;
+    if (peer) PEERS.set(server.url, peer);
   };
   attach(await launch(server.env, dataDir, server.args));
   server.stderr = () => current.stderr();
-  server.stop = async () => {
+  const stopSelf = async () => {
     const c = current;
     if (c.proc.exitCode !== null || c.proc.signalCode !== null) return c.exited;
     c.proc.kill('SIGTERM');
@@ -161,9 +176,16 @@ export async function startServer(env = {}, { args = [], dotenv } = {}) {
       clearTimeout(timer);
     }
   };
+  server.stop = async () => {
+    await peer?.stop();
+    return stopSelf();
+  };
+  // Restarts this instance only (its peer keeps running, as in a rolling restart).
   server.restart = async () => {
-    await server.stop();
+    await stopSelf();
     attach(await launch(server.env, dataDir, server.args));
+    // A peer stopped by server.stop() comes back too.
+    if (peer && (peer.proc.exitCode !== null || peer.proc.signalCode !== null)) await peer.restart();
     return server;
   };
   return server;
@@ -341,9 +363,14 @@ export async function assertUpgraded(socket, timeout = DEFAULT_TIMEOUT) {
  */
 export function socketPool(getUrl, mode) {
   let sockets = [];
+  let n = 0;
   return {
     async connect(opts = {}) {
-      const s = await connect(getUrl(), mode, opts);
+      // Cluster mode: every second socket goes to the server's peer instance.
+      let url = getUrl();
+      const peer = PEERS.get(url);
+      if (peer && n++ % 2 === 1) url = peer.url;
+      const s = await connect(url, mode, opts);
       sockets.push(s);
       return s;
     },
@@ -626,11 +653,23 @@ export async function assertRedisUp() {
   }), DEFAULT_TIMEOUT, `Redis at ${REDIS_URL}`);
 }
 
+/** One command to the test Redis (RESP); resolves with the raw reply text. */
+export async function redisCommand(...args) {
+  const u = new URL(REDIS_URL);
+  const net = await import('node:net');
+  const req = `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`;
+  return withTimeout(new Promise((resolve, reject) => {
+    const s = net.createConnection({ host: u.hostname, port: Number(u.port || 6379) }, () => s.write(req));
+    s.once('data', (d) => { s.destroy(); resolve(String(d)); });
+    s.on('error', reject);
+  }), DEFAULT_TIMEOUT, `Redis ${args[0]}`);
+}
+
 /** Two instances on the test Redis; each with its own DATA_DIR. */
 export async function startCluster(env = {}) {
   await assertRedisUp();
-  const a = await startServer({ REDIS_URL, ...env });
-  const b = await startServer({ REDIS_URL, ...env });
+  const a = await startServer({ REDIS_URL, ...env }, { cluster: false });
+  const b = await startServer({ REDIS_URL, ...env }, { cluster: false });
   return { a, b, stop: () => Promise.all([a.stop(), b.stop()]) };
 }
 

@@ -13,6 +13,10 @@
 //! - Outage: a failed cache read falls back to the durable store; a failed cache write marks
 //!   the room's list stale (it would have a hole): this instance deletes that list before it
 //!   uses it again, and bypasses it until the delete succeeds.
+//! - Idempotency across instances: a message with a `clientMessageId` is also recorded under
+//!   `chat:idem:{roomId}:{userId}:{clientMessageId}` (TTL `MESSAGE_HISTORY_TTL`), so a retry
+//!   that reaches another instance (with its own embedded store) returns the original message.
+//!   With a shared durable store its unique index stays the guarantee.
 //! - Everything else (rooms, ping, close) is the durable store's.
 
 use std::collections::HashSet;
@@ -139,6 +143,32 @@ impl RedisCachedStore {
 #[async_trait]
 impl MessageStore for RedisCachedStore {
     async fn append(&self, message: Message) -> Result<Appended, StoreError> {
+        let idem = message.client_message_id.as_ref().map(|cmid| {
+            format!(
+                "chat:idem:{}:{}:{}",
+                message.room_id,
+                message.user_id,
+                cmid.as_ref()
+            )
+        });
+        let mut c = self.conn.clone();
+        if let Some(key) = &idem
+            && let Ok(Some(json)) = redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+            && let Some(original) = serde_json::from_str(&json)
+                .ok()
+                .and_then(|v: serde_json::Value| Message::from_json(&v).ok())
+        {
+            return Ok(Appended {
+                message: Message {
+                    client_message_id: message.client_message_id,
+                    ..original
+                },
+                duplicate: true,
+            });
+        }
         let appended = self.inner.append(message).await?;
         if appended.duplicate {
             return Ok(appended);
@@ -147,7 +177,16 @@ impl MessageStore for RedisCachedStore {
         let json = serde_json::to_string(&appended.message)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let key = history_key(&room);
-        let mut c = self.conn.clone();
+        if let Some(idem) = &idem {
+            let _ = redis::cmd("SET")
+                .arg(idem)
+                .arg(&json)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.ttl.as_secs().max(1))
+                .query_async::<Option<String>>(&mut c)
+                .await;
+        }
         let res: redis::RedisResult<()> = if self.usable(&room).await {
             redis::pipe()
                 .atomic()

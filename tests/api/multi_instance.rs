@@ -396,3 +396,19 @@ async fn entries_of_a_dead_instance_expire() {
     let members: Vec<String> = r.smembers(format!("chat:room:{room}:users")).await.unwrap();
     assert_eq!(members, vec![user.clone()]);
 }
+
+#[tokio::test]
+async fn a_client_message_id_retried_on_another_instance_returns_the_original() {
+    let (app_a, app_b) = (spawn_redis_app(&[]).await, spawn_redis_app(&[]).await);
+    let (room, user, cmid) = (unique("idem"), unique("u"), unique("cmid"));
+    let mut a = app_a.member(&user, &room).await;
+    let payload = json!({"roomId": room, "message": "once", "clientMessageId": cmid});
+    let original = a.emit_ack("send_message", payload.clone()).await;
+    assert_eq!(original["success"], true);
+    let mut b = app_b.member(&user, &room).await;
+    let retry = b.emit_ack("send_message", payload).await;
+    assert_eq!(retry, original);
+    b.say(&room, "marker").await;
+    assert_eq!(a.event("new_message").await["message"], "once");
+    assert_eq!(a.event("new_message").await["message"], "marker");
+}
