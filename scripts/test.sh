@@ -29,7 +29,7 @@ cargo test --locked
 
 step "build the binary for the end-to-end suites"
 cargo build --locked
-export CHAT_BIN="$PWD/target/debug/chat-service"
+export CHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-service"
 
 step "socket.io-client e2e suite"
 (cd e2e && npm test)
