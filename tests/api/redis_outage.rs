@@ -65,6 +65,10 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
     );
     a1.event_where("user_joined", |j| j["userId"] == u3.as_str())
         .await;
+    // a2 leaves while Redis is away: its entries must go once Redis is back.
+    a2.disconnect();
+    a1.event_where("user_left", |l| l["userId"] == u2.as_str())
+        .await;
     // B is unaffected.
     assert_eq!(app_b.get("/ready").await.0, 200);
 
@@ -79,6 +83,19 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
     eventually("a3 republished", RECOVERY, || {
         let (mut r, key, u3) = (r.clone(), key.clone(), u3.clone());
         async move { r.sismember::<_, _, bool>(&key, &u3).await.unwrap() }
+    })
+    .await;
+    eventually("a2's entries removed", RECOVERY, || {
+        let (mut r, key, u2) = (r.clone(), key.clone(), u2.clone());
+        async move {
+            let member: bool = r.sismember(&key, &u2).await.unwrap();
+            let conns: i64 = r.zcard(format!("chat:user:{u2}:conns")).await.unwrap();
+            let status: Option<String> = r
+                .hget(format!("user:presence:{u2}"), "status")
+                .await
+                .unwrap();
+            !member && conns == 0 && status.as_deref() == Some("offline")
+        }
     })
     .await;
     let (_, n): (String, i64) = redis::cmd("PUBSUB")
