@@ -324,11 +324,11 @@ impl RedisPresence {
             let mut inv = self.scripts.refresh.key(user_conns(user));
             inv.key("").arg(now).arg(expiry).arg(&prefix).arg(&empty);
             let mut c = conn.clone();
-            let key = user_presence(user);
+            let (key, conns_key) = (user_presence(user), user_conns(user));
             calls.push(Box::pin(async move {
                 inv.invoke_async::<i64>(&mut c).await?;
                 let left: i64 = redis::cmd("ZCARD")
-                    .arg(user_conns_from_presence(&key))
+                    .arg(&conns_key)
                     .query_async(&mut c)
                     .await?;
                 if left == 0 {
@@ -405,13 +405,6 @@ impl RedisPresence {
 
 type Call<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<()>> + Send + 'a>>;
-
-fn user_conns_from_presence(presence_key: &str) -> String {
-    format!(
-        "chat:user:{}:conns",
-        presence_key.trim_start_matches("user:presence:")
-    )
-}
 
 #[async_trait]
 impl Presence for RedisPresence {
