@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, on a fresh Debian machine:
-# Node.js + npm, Debian's Chromium (browser test), the e2e npm packages, and the Python venv
+# Node.js + npm, Debian's Chromium (browser test), redis-server (multi-instance tests), nginx (deployment test), the e2e npm packages, and the Python venv
 # (.venv/) of the python-socketio client test.
 # Idempotent and quick when everything is already there.
 set -euo pipefail
@@ -11,6 +11,10 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Redis: the multi-instance tests run against a real one (scripts/test.sh starts it).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# nginx: the deployment test runs deploy/nginx.conf in a real nginx (as a child, in a temp prefix).
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
 # Debian's python3 has the venv module but no ensurepip until python3-venv is installed.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: format, lints, the Rust black-box tests, the official socket.io-client
-# end-to-end suite (polling, websocket and upgrade, wscat), the python-socketio client test, and
+# The whole test suite: format, lints, the Rust black-box tests (with the multi-instance ones on
+# a real Redis and the notification ones on a real RabbitMQ, started when not running), the official socket.io-client end-to-end suite
+# (polling, websocket and upgrade, wscat, two instances behind a real nginx) once against one
+# instance and once across two instances, the python-socketio client test, and
 # the real-browser test of the page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +10,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 step() { printf '\n== %s\n' "$*"; }
+
+step "Redis and RabbitMQ (started when not running)"
+scripts/services.sh
 
 step "cargo fmt --check"
 cargo fmt --check
@@ -20,10 +25,13 @@ cargo test --locked
 
 step "build the binary for the end-to-end suites"
 cargo build --locked
-export CHAT_BIN="$PWD/target/debug/chat-service"
+export CHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-service"
 
 step "socket.io-client e2e suite"
 (cd e2e && npm test)
+
+step "socket.io-client e2e suite across two instances on Redis (E2E_CLUSTER=1)"
+(cd e2e && E2E_CLUSTER=1 npm test)
 
 step "python-socketio client"
 .venv/bin/python -m unittest discover -s e2e/python -v

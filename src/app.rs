@@ -19,14 +19,19 @@ use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::auth::{Authenticator, grpc::GrpcAuth, jwt::JwtAuth, none::NoAuth};
+use crate::bus::Bus;
 use crate::bus::local::LocalBus;
+use crate::bus::redis::RedisBus;
 use crate::chat::ChatService;
 use crate::chat::rooms::RoomRegistry;
 use crate::config::{AuthConfig, Config, CorsConfig, StorageKind};
 use crate::events::EventPublisher;
 use crate::events::amqp::{AmqpConfig, AmqpPublisher};
 use crate::events::relay::{OutboxRelay, RelayConfig};
+use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
+use crate::presence::redis::RedisPresence;
+use crate::store::redis_cache::RedisCachedStore;
 use crate::store::{MessageStore, OutboxConfig, embedded::EmbeddedStore};
 use crate::transport::{http, page, socketio, ws};
 
@@ -40,15 +45,24 @@ pub struct App {
     store: Arc<dyn MessageStore>,
     events: Option<Arc<dyn EventPublisher>>,
     shutdown_timeout: Duration,
+    /// Adapter tasks (Redis bus, presence heartbeat), aborted after the drain.
+    background: Background,
+}
+
+/// Background adapter tasks; aborted when dropped, so an app that is dropped (or whose run
+/// future is aborted) stops talking to Redis.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
-        if cfg.redis.is_some() {
-            anyhow::bail!(
-                "REDIS_HOST/REDIS_URL: the Redis adapters are not in this build yet; unset them to run a single instance"
-            );
-        }
         // With RabbitMQ, every stored message also writes its event to the store's outbox.
         let outbox = cfg.rabbitmq.as_ref().map(|_| OutboxConfig {
             max_pending: cfg.outbox_max_pending,
@@ -71,6 +85,19 @@ impl App {
                 anyhow::bail!("STORAGE=postgres: the PostgreSQL store is not in this build yet")
             }
         };
+        // With Redis, history is read from the shared cache first (SPEC 7).
+        let store: Arc<dyn MessageStore> = match &cfg.redis {
+            None => store,
+            Some(redis) => Arc::new(
+                RedisCachedStore::new(
+                    store,
+                    &redis.url,
+                    redis.max_message_history,
+                    redis.message_history_ttl,
+                )
+                .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
+            ),
+        };
         let auth: Arc<dyn Authenticator> = match &cfg.auth {
             AuthConfig::None => {
                 tracing::warn!(
@@ -86,9 +113,40 @@ impl App {
             }
         };
         let registry = Arc::new(RoomRegistry::new());
-        let bus = Arc::new(LocalBus::new());
-        bus.set_handler(registry.clone());
-        let presence = Arc::new(MemoryPresence::new());
+        let mut background = Vec::new();
+        let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) = match &cfg.redis {
+            None => {
+                let bus = Arc::new(LocalBus::new());
+                bus.set_handler(registry.clone());
+                (bus, Arc::new(MemoryPresence::new()))
+            }
+            Some(redis) => {
+                if cfg.storage == StorageKind::Embedded {
+                    tracing::warn!(
+                        "Redis with STORAGE=embedded: each instance keeps its own durable store; share MongoDB or PostgreSQL in production"
+                    );
+                }
+                let origin = instance_id();
+                let bus = Arc::new(
+                    RedisBus::new(&redis.url, origin.clone())
+                        .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
+                );
+                bus.set_handler(registry.clone());
+                let presence = Arc::new(
+                    RedisPresence::new(&redis.url, origin.clone())
+                        .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
+                );
+                background.push(tokio::spawn(bus.clone().run()));
+                background.push(tokio::spawn(presence.clone().run_heartbeat()));
+                if !bus.wait_connected(Duration::from_secs(3)).await {
+                    tracing::warn!(
+                        "Redis is not reachable yet: serving this instance's clients alone until it is"
+                    );
+                }
+                tracing::info!(instance = %origin, "multi-instance mode: Redis bus and presence");
+                (bus, presence)
+            }
+        };
         // Not connected here: start-up does not wait for the broker; the relay connects (and
         // reconnects) and `/ready` reports it down meanwhile.
         let events: Option<Arc<dyn EventPublisher>> = cfg.rabbitmq.as_ref().map(|url| {
@@ -159,6 +217,7 @@ impl App {
             store,
             events,
             shutdown_timeout: cfg.shutdown_timeout,
+            background: Background(background),
         })
     }
 
@@ -185,6 +244,7 @@ impl App {
             store,
             events,
             shutdown_timeout,
+            background,
         } = self;
         let stop_relay = CancellationToken::new();
         let relay = events.clone().map(|publisher| {
@@ -252,6 +312,7 @@ impl App {
         if let Some(events) = &events {
             events.close().await;
         }
+        drop(background);
         if tokio::time::timeout(shutdown_timeout, store.close())
             .await
             .is_err()
@@ -281,6 +342,11 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
                 .collect::<Vec<_>>(),
         )),
     }
+}
+
+/// A random id naming this process in Redis entries and bus envelopes.
+fn instance_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -171,6 +171,18 @@ pub enum CorsConfig {
     List(Vec<String>),
 }
 
+/// Multi-instance mode (SPEC 7): the shared Redis and its history cache. `Debug` redacts
+/// the password in the URL.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`, from `REDIS_URL` or `REDIS_HOST/PORT/PASSWORD`.
+    pub url: String,
+    /// Messages kept per room in `chat:history:{roomId}` (`MAX_MESSAGE_HISTORY`).
+    pub max_message_history: usize,
+    /// TTL of `chat:history:{roomId}` (`MESSAGE_HISTORY_TTL`).
+    pub message_history_ttl: Duration,
+}
+
 /// The validated configuration the composition root builds from. Its `Debug` output redacts
 /// secrets (passwords in URLs, JWT secrets).
 #[derive(Clone)]
@@ -179,7 +191,7 @@ pub struct Config {
     pub production: bool,
     pub storage: StorageKind,
     pub data_dir: PathBuf,
-    pub redis: Option<String>,
+    pub redis: Option<RedisConfig>,
     pub rabbitmq: Option<String>,
     /// `RABBITMQ_QUEUE_NEW_MESSAGE`.
     pub rabbitmq_queue: String,
@@ -252,6 +264,18 @@ impl Config {
             }),
             _ => None,
         };
+        if let Some(url) = &redis
+            && !url.starts_with("redis://")
+        {
+            return Err(bad(
+                if cli.redis_url.is_some() {
+                    "REDIS_URL"
+                } else {
+                    "REDIS_HOST"
+                },
+                "must be a redis:// URL (or a host name)",
+            ));
+        }
         let auth = match cli.auth_mode.as_deref().map(str::trim) {
             None | Some("") | Some("none") => AuthConfig::None,
             Some("jwt") => AuthConfig::Jwt(JwtConfig {
@@ -333,7 +357,11 @@ impl Config {
             production: cli.node_env == "production",
             storage,
             data_dir: cli.data_dir,
-            redis,
+            redis: redis.map(|url| RedisConfig {
+                url,
+                max_message_history: cli.max_message_history as usize,
+                message_history_ttl: Duration::from_secs(cli.message_history_ttl),
+            }),
             rabbitmq: cli.rabbitmq_url.filter(|u| !u.is_empty()),
             rabbitmq_queue: cli.rabbitmq_queue_new_message,
             outbox_max_pending: cli.outbox_max_pending,
@@ -426,12 +454,22 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("storage", &self.storage)
             .field("data_dir", &self.data_dir)
-            .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("redis", &self.redis)
             .field("rabbitmq", &self.rabbitmq.as_deref().map(redact_url))
             .field("cors", &self.cors)
             .field("auth", &self.auth)
             .field("chat", &self.chat)
             .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_message_history", &self.max_message_history)
+            .field("message_history_ttl", &self.message_history_ttl)
+            .finish()
     }
 }
 
@@ -497,6 +535,10 @@ mod tests {
             "pw",
         ])
         .unwrap();
-        assert_eq!(c.redis.as_deref(), Some("redis://:pw@r:7000"));
+        let redis = c.redis.unwrap();
+        assert_eq!(redis.url, "redis://:pw@r:7000");
+        assert_eq!(redis.max_message_history, 1000);
+        assert_eq!(redis.message_history_ttl, Duration::from_secs(604_800));
+        assert!(parse(&["--redis-url", "http://x"]).is_err());
     }
 }

@@ -23,6 +23,12 @@ export const DEFAULT_TIMEOUT = 5000;
 const START_TIMEOUT = 30000;
 const STOP_TIMEOUT = 15000;
 
+// E2E_CLUSTER=1: every startServer() also starts a peer instance on the shared Redis
+// (TEST_REDIS_URL, default the local one), and socketPool() alternates its sockets between the
+// two, so the whole suite runs across two instances (SPEC 7).
+export const CLUSTER = process.env.E2E_CLUSTER === '1';
+const PEERS = new Map();
+
 // The three ways a socket.io-client can talk to the server.
 export const MODES = [
   { name: 'polling', transports: ['polling'] },
@@ -129,21 +135,30 @@ function launch(env, dataDir, args = []) {
  * Resolves with {url, port, dataDir, proc, env, stop(), restart(), stderr()}.
  * restart() keeps DATA_DIR (and env); the port may change, url/port/proc are updated in place.
  */
-export async function startServer(env = {}, { args = [], dotenv } = {}) {
+export async function startServer(env = {}, { args = [], dotenv, cluster = CLUSTER } = {}) {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'chat-e2e-'));
   dataDirs.add(dataDir);
   if (dotenv !== undefined) writeFileSync(path.join(dataDir, '.env'), dotenv);
+  if (cluster) {
+    await assertRedisUp();
+    env = { REDIS_URL, ...env };
+  }
   const server = { dataDir, env: { ...env }, args };
+  // Cluster mode: a second instance on the same Redis; socketPool() spreads sockets over both.
+  const peer = cluster ? await startServer(env, { args, dotenv, cluster: false }) : undefined;
+  server.peer = peer;
   let current;
   const attach = (c) => {
     current = c;
+    if (server.url) PEERS.delete(server.url);
     server.proc = c.proc;
     server.port = c.port;
     server.url = `http://127.0.0.1:${c.port}`;
+    if (peer) PEERS.set(server.url, peer);
   };
   attach(await launch(server.env, dataDir, server.args));
   server.stderr = () => current.stderr();
-  server.stop = async () => {
+  const stopSelf = async () => {
     const c = current;
     if (c.proc.exitCode !== null || c.proc.signalCode !== null) return c.exited;
     c.proc.kill('SIGTERM');
@@ -161,9 +176,16 @@ export async function startServer(env = {}, { args = [], dotenv } = {}) {
       clearTimeout(timer);
     }
   };
+  server.stop = async () => {
+    await peer?.stop();
+    return stopSelf();
+  };
+  // Restarts this instance only (its peer keeps running, as in a rolling restart).
   server.restart = async () => {
-    await server.stop();
+    await stopSelf();
     attach(await launch(server.env, dataDir, server.args));
+    // A peer stopped by server.stop() comes back too.
+    if (peer && (peer.proc.exitCode !== null || peer.proc.signalCode !== null)) await peer.restart();
     return server;
   };
   return server;
@@ -341,9 +363,14 @@ export async function assertUpgraded(socket, timeout = DEFAULT_TIMEOUT) {
  */
 export function socketPool(getUrl, mode) {
   let sockets = [];
+  let n = 0;
   return {
     async connect(opts = {}) {
-      const s = await connect(getUrl(), mode, opts);
+      // Cluster mode: every second socket goes to the server's peer instance.
+      let url = getUrl();
+      const peer = PEERS.get(url);
+      if (peer && n++ % 2 === 1) url = peer.url;
+      const s = await connect(url, mode, opts);
       sockets.push(s);
       return s;
     },
@@ -608,4 +635,114 @@ export function rawWs(server, wsPath = '/') {
     });
     req.end();
   }), DEFAULT_TIMEOUT, `websocket upgrade on ${wsPath}`);
+}
+
+// ---------------------------------------------------------------------------
+// multi-instance (SPEC 7): Redis and nginx
+
+export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+/** Fails loudly unless the test Redis answers PING (scripts/test.sh starts one). */
+export async function assertRedisUp() {
+  const u = new URL(REDIS_URL);
+  const net = await import('node:net');
+  await withTimeout(new Promise((resolve, reject) => {
+    const s = net.createConnection({ host: u.hostname, port: Number(u.port || 6379) }, () => s.write('PING\r\n'));
+    s.on('data', (d) => { s.destroy(); if (String(d).startsWith('+PONG')) resolve(); else reject(new Error(`Redis answered ${d}`)); });
+    s.on('error', (e) => reject(new Error(`Redis is not reachable at ${REDIS_URL} (start it: scripts/test.sh does): ${e.message}`)));
+  }), DEFAULT_TIMEOUT, `Redis at ${REDIS_URL}`);
+}
+
+/** One command to the test Redis (RESP); resolves with the raw reply text. */
+export async function redisCommand(...args) {
+  const u = new URL(REDIS_URL);
+  const net = await import('node:net');
+  const req = `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`;
+  return withTimeout(new Promise((resolve, reject) => {
+    const s = net.createConnection({ host: u.hostname, port: Number(u.port || 6379) }, () => s.write(req));
+    s.once('data', (d) => { s.destroy(); resolve(String(d)); });
+    s.on('error', reject);
+  }), DEFAULT_TIMEOUT, `Redis ${args[0]}`);
+}
+
+/** Two instances on the test Redis; each with its own DATA_DIR. */
+export async function startCluster(env = {}) {
+  await assertRedisUp();
+  const a = await startServer({ REDIS_URL, ...env }, { cluster: false });
+  const b = await startServer({ REDIS_URL, ...env }, { cluster: false });
+  return { a, b, stop: () => Promise.all([a.stop(), b.stop()]) };
+}
+
+/** A free TCP port on 127.0.0.1 (bound and released). */
+export async function freePort() {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Runs the real nginx (Debian package) in the foreground with deploy/nginx.conf, its upstream
+ * pointed at `servers` and its listen address at a free port, in a temporary prefix.
+ * Resolves {url, stop()} once nginx answers /health.
+ */
+export async function startNginx(servers) {
+  const bin = process.env.NGINX_BIN ?? '/usr/sbin/nginx';
+  const { existsSync, readFileSync } = await import('node:fs');
+  if (!existsSync(bin)) throw new Error(`nginx not found at ${bin}: install the Debian package (scripts/setup.sh does)`);
+  const prefix = mkdtempSync(path.join(tmpdir(), 'chat-nginx-'));
+  dataDirs.add(prefix);
+  const port = await freePort();
+  let site = readFileSync(path.resolve(E2E_DIR, '../deploy/nginx.conf'), 'utf8');
+  const upstream = servers.map((s) => `server 127.0.0.1:${s.port};`).join('\n    ');
+  const before = site;
+  site = site.replace(/server 10\.0\.0\.11:5004;[^\n]*\n\s*server 10\.0\.0\.12:5004;[^\n]*/, upstream);
+  assert.notEqual(site, before, 'deploy/nginx.conf: upstream server lines not found');
+  assert.match(site, /listen 80;/, 'deploy/nginx.conf: listen 80 not found');
+  site = site.replace('listen 80;', `listen 127.0.0.1:${port};`);
+  writeFileSync(path.join(prefix, 'chat-service.conf'), site);
+  writeFileSync(path.join(prefix, 'nginx.conf'), `
+daemon off;
+master_process off;
+pid ${prefix}/nginx.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path ${prefix}/body;
+    proxy_temp_path ${prefix}/proxy;
+    fastcgi_temp_path ${prefix}/fastcgi;
+    uwsgi_temp_path ${prefix}/uwsgi;
+    scgi_temp_path ${prefix}/scgi;
+    include ${prefix}/chat-service.conf;
+}
+`);
+  const proc = spawn(bin, ['-p', prefix, '-c', path.join(prefix, 'nginx.conf')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  liveChildren.add(proc);
+  let stderr = '';
+  proc.stderr.setEncoding('utf8');
+  proc.stderr.on('data', (d) => { stderr += d; });
+  const exited = new Promise((res) => proc.once('exit', (code) => { liveChildren.delete(proc); res(code); }));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + START_TIMEOUT;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`nginx exited (${proc.exitCode}): ${stderr}`);
+    try {
+      const r = await fetch(`${url}/health`);
+      if (r.status === 200) break;
+    } catch { /* not listening yet */ }
+    if (Date.now() > deadline) throw new Error(`nginx did not answer within ${START_TIMEOUT} ms: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    port,
+    stderr: () => stderr,
+    stop: async () => { if (proc.exitCode === null) { proc.kill('SIGQUIT'); await exited; } },
+  };
 }

@@ -6,8 +6,13 @@
 //! - An instance receives a room's events only between `subscribe` and `unsubscribe` of that
 //!   room (the room registry subscribes when the first local member joins).
 //! - Outage: `publish` fails with `BusError`; the caller still delivers to local members.
+//!   A bus that delivers to this instance itself before going remote (`RedisBus`) never
+//!   reports a remote failure as `BusError` (the caller would deliver twice): it logs it and
+//!   recovers by itself.
+//! - `health` names the backing service for `/ready` (`None` for the in-process bus).
 
 pub mod local;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -29,4 +34,8 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, event: Arc<RoomEvent>) -> Result<(), BusError>;
     async fn subscribe(&self, room: &RoomId) -> Result<(), BusError>;
     async fn unsubscribe(&self, room: &RoomId) -> Result<(), BusError>;
+    /// The dependency behind the bus and whether it is reachable now, for `/ready`.
+    async fn health(&self) -> Option<(&'static str, Result<(), BusError>)> {
+        None
+    }
 }

@@ -717,6 +717,13 @@ impl ChatService {
             up: store.is_ok(),
             error: store.err().map(|e| e.to_string()),
         }];
+        if let Some((name, bus)) = self.bus.health().await {
+            deps.push(DependencyStatus {
+                name,
+                up: bus.is_ok(),
+                error: bus.err().map(|e| e.to_string()),
+            });
+        }
         if self.auth.mode() == "grpc" {
             let auth = self.auth.ping().await;
             deps.push(DependencyStatus {

@@ -137,7 +137,105 @@ pub enum RoomEvent {
     },
 }
 
+impl Message {
+    /// Reads back a `new_message` payload written by `Serialize` (the Redis history cache and
+    /// the bus envelopes carry messages in this form). Every field is parsed again: a value
+    /// from outside the process is never trusted as valid.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, ValidationError> {
+        let field = |name: &str| {
+            v.get(name)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| ValidationError::new(format!("{name} missing")))
+        };
+        Ok(Self {
+            message_id: MessageId::parse(field("messageId")?)?,
+            room_id: RoomId::parse(field("roomId")?)?,
+            user_id: UserId::parse(field("userId")?)?,
+            username: Username::parse(field("username")?)?,
+            message: MessageBody::from_stored(field("message")?.to_owned()),
+            message_type: MessageType::parse_stored(field("messageType")?)
+                .ok_or_else(|| ValidationError::new("unknown messageType"))?,
+            timestamp: v
+                .get("timestamp")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| ValidationError::new("timestamp missing"))?,
+            client_message_id: None,
+        })
+    }
+}
+
+impl Member {
+    /// Reads back `{userId, username}`.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, ValidationError> {
+        let field = |name: &str| {
+            v.get(name)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| ValidationError::new(format!("{name} missing")))
+        };
+        Ok(Self {
+            user_id: UserId::parse(field("userId")?)?,
+            username: Username::parse(field("username")?)?,
+        })
+    }
+}
+
 impl RoomEvent {
+    /// The event as JSON for travelling between instances:
+    /// `{"type":"message","message":{...}}`, `{"type":"joined"|"left","roomId","member"}`,
+    /// `{"type":"typing","roomId","member","isTyping"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Self::Message(m) => json!({"type": "message", "message": m}),
+            Self::Joined { room_id, member } => {
+                json!({"type": "joined", "roomId": room_id, "member": member})
+            }
+            Self::Left { room_id, member } => {
+                json!({"type": "left", "roomId": room_id, "member": member})
+            }
+            Self::Typing {
+                room_id,
+                member,
+                is_typing,
+            } => {
+                json!({"type": "typing", "roomId": room_id, "member": member, "isTyping": is_typing})
+            }
+        }
+    }
+
+    /// The inverse of `to_json`.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, ValidationError> {
+        let room = || {
+            v.get("roomId")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| ValidationError::new("roomId missing"))
+                .and_then(RoomId::parse)
+        };
+        let member = || Member::from_json(v.get("member").unwrap_or(&serde_json::Value::Null));
+        match v.get("type").and_then(serde_json::Value::as_str) {
+            Some("message") => Ok(Self::Message(Message::from_json(
+                v.get("message").unwrap_or(&serde_json::Value::Null),
+            )?)),
+            Some("joined") => Ok(Self::Joined {
+                room_id: room()?,
+                member: member()?,
+            }),
+            Some("left") => Ok(Self::Left {
+                room_id: room()?,
+                member: member()?,
+            }),
+            Some("typing") => Ok(Self::Typing {
+                room_id: room()?,
+                member: member()?,
+                is_typing: v
+                    .get("isTyping")
+                    .and_then(serde_json::Value::as_bool)
+                    .ok_or_else(|| ValidationError::new("isTyping missing"))?,
+            }),
+            _ => Err(ValidationError::new("unknown room event type")),
+        }
+    }
+
     pub fn room_id(&self) -> &RoomId {
         match self {
             Self::Message(m) => &m.room_id,
@@ -160,6 +258,44 @@ mod tests {
         assert!(MessageBody::parse("\u{200B}\u{FEFF}", 10).is_err());
         assert!(MessageBody::parse("a\u{7}b", 10).is_err());
         assert!(MessageBody::parse("line1\nline2", 20).is_ok());
+    }
+
+    #[test]
+    fn room_events_round_trip_through_json() {
+        let member = Member {
+            user_id: UserId::parse("u:1").unwrap(),
+            username: Username::parse("Ann").unwrap(),
+        };
+        let room_id = RoomId::parse("r1").unwrap();
+        let events = [
+            RoomEvent::Message(Message {
+                message_id: MessageId::generate(1_700_000_000_000),
+                room_id: room_id.clone(),
+                user_id: member.user_id.clone(),
+                username: member.username.clone(),
+                message: MessageBody::parse("hi \u{1f600}", 100).unwrap(),
+                message_type: MessageType::Image,
+                timestamp: 1_700_000_000_000,
+                client_message_id: None,
+            }),
+            RoomEvent::Joined {
+                room_id: room_id.clone(),
+                member: member.clone(),
+            },
+            RoomEvent::Left {
+                room_id: room_id.clone(),
+                member: member.clone(),
+            },
+            RoomEvent::Typing {
+                room_id,
+                member,
+                is_typing: true,
+            },
+        ];
+        for e in events {
+            assert_eq!(RoomEvent::from_json(&e.to_json()).unwrap(), e);
+        }
+        assert!(RoomEvent::from_json(&serde_json::json!({"type": "nope"})).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - `members` lists the users of a room with their names.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 

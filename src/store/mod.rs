@@ -42,6 +42,7 @@
 //!   sends them.
 
 pub mod embedded;
+pub mod redis_cache;
 
 use std::sync::Arc;
 

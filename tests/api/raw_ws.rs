@@ -8,22 +8,22 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{WAIT, spawn_app, spawn_app_with};
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(addr: std::net::SocketAddr, path: &str) -> Ws {
+pub(crate) async fn connect(addr: std::net::SocketAddr, path: &str) -> Ws {
     tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
         .await
         .expect("raw ws connect")
         .0
 }
 
-async fn send(ws: &mut Ws, frame: Value) {
+pub(crate) async fn send(ws: &mut Ws, frame: Value) {
     ws.send(Message::text(frame.to_string())).await.unwrap();
 }
 
 /// The next text frame whose event is `event` (frames of other events are skipped).
-async fn next(ws: &mut Ws, event: &str) -> Value {
+pub(crate) async fn next(ws: &mut Ws, event: &str) -> Value {
     tokio::time::timeout(WAIT, async {
         loop {
             match ws.next().await {

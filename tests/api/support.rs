@@ -67,6 +67,46 @@ async fn start(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> TestApp {
     }
 }
 
+/// The Redis every multi-instance test shares: `TEST_REDIS_URL`, default the local one. The
+/// tests use unique room and user ids (`unique`) and never flush it.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A connection to the test Redis, for checking keys; fails loudly when Redis is not running.
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| {
+            panic!("Redis is not reachable at {url}: start it (scripts/test.sh does) or set TEST_REDIS_URL")
+        })
+}
+
+/// An instance in multi-instance mode on the test Redis (plus extra settings).
+pub async fn spawn_redis_app(args: &[&str]) -> TestApp {
+    redis().await;
+    let url = redis_url();
+    let mut all = vec!["--redis-url", url.as_str()];
+    all.extend_from_slice(args);
+    spawn_app_with(&all).await
+}
+
+/// An id no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{:x}-{}",
+        std::process::id(),
+        rand::random::<u32>(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
@@ -527,4 +567,75 @@ fn summary(events: &VecDeque<(String, Value)>) -> String {
         })
         .collect();
     format!("{} events: [{}]", events.len(), shown.join(", "))
+}
+
+/// A TCP proxy the test controls, to cut a dependency's connections and restore them (an
+/// outage without stopping the shared server). While cut, live connections are closed and new
+/// ones are accepted and closed at once.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    up: Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(tokio::sync::watch::Sender::new(true));
+        let task = tokio::spawn({
+            let up = up.clone();
+            async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !*up.borrow() {
+                        drop(inbound);
+                        continue;
+                    }
+                    let mut cut = up.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.wait_for(|up| !*up) => {}
+                        }
+                    });
+                }
+            }
+        });
+        TcpProxy { addr, up, task }
+    }
+
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// Polls `check` until it holds, up to `wait` (for state that sends no event, such as keys in
+/// Redis or `/ready`).
+pub async fn eventually<F, Fut>(what: &str, wait: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

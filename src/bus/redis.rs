@@ -1,0 +1,345 @@
+//! The bus of a multi-instance deployment: Redis pub/sub on the channels `chat:room:{roomId}`
+//! (SPEC 7).
+//!
+//! # How it works
+//! - Envelope: `{"origin": <instance id>, "event": <RoomEvent::to_json>}`.
+//! - `publish` hands the event to this instance's handler directly (members here never wait
+//!   for Redis, and keep chatting during an outage), then queues the envelope for a single
+//!   publisher task. That task drains the queue in order and sends each batch as one pipeline
+//!   of `PUBLISH`es, so the events of one connection (published one after the other) reach
+//!   the other instances in the same order, and the sender's latency does not include a
+//!   Redis round trip. Envelopes whose origin is this instance are dropped on receipt, so
+//!   nobody gets an event twice. The queue is bounded (`PUBLISH_QUEUE`): during an outage
+//!   the overflow is dropped and logged (other instances' clients resume with `since`).
+//! - Subscriptions: one dedicated pub/sub connection owned by the subscriber task. `subscribe`
+//!   / `unsubscribe` keep a per-room count of "first local member" / "last local member"
+//!   transitions (so two racing transitions of a room can't leave it in the wrong state) and
+//!   apply the change on the connection before returning: a join is live on the bus by the
+//!   time its ack is sent. The task pings the connection every `PING_EVERY`; when it breaks
+//!   (or the ping times out) it reconnects with backoff and subscribes again to every room
+//!   that has local members. This is why we drive a plain pub/sub connection ourselves
+//!   instead of the RESP3 push channel of `ConnectionManager`: the resubscription, and the
+//!   point where the instance counts as "up" again, are explicit and testable.
+//! - `PUBLISH` goes through a `ConnectionManager` (reconnects by itself), with short
+//!   connection and response timeouts so an outage is noticed in about a second.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use tokio::sync::mpsc;
+
+use super::{Bus, BusError, BusHandler};
+use crate::domain::{RoomEvent, RoomId};
+
+const PUBLISH_QUEUE: usize = 16 * 1024;
+const PUBLISH_BATCH: usize = 512;
+const TIMEOUT: Duration = Duration::from_secs(2);
+const PING_EVERY: Duration = Duration::from_secs(3);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The pub/sub channel of a room.
+pub fn channel(room: &RoomId) -> String {
+    format!("chat:room:{room}")
+}
+
+/// A `ConnectionManager` with the short timeouts every Redis adapter uses (an outage must
+/// fail calls promptly, never hang them). Lazy: the service starts even while Redis is down.
+pub fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisError> {
+    ConnectionManager::new_lazy_with_config(
+        client.clone(),
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(MAX_BACKOFF),
+    )
+}
+
+#[derive(Default)]
+struct Subscriptions {
+    sink: Option<PubSubSink>,
+    /// Rooms subscribed on the current connection.
+    active: std::collections::HashSet<RoomId>,
+}
+
+pub struct RedisBus {
+    origin: String,
+    client: redis::Client,
+    conn: ConnectionManager,
+    handler: OnceLock<Arc<dyn BusHandler>>,
+    queue: mpsc::Sender<(String, String)>,
+    queue_rx: Mutex<Option<mpsc::Receiver<(String, String)>>>,
+    /// room -> (first-local-member transitions) - (last-local-member transitions).
+    wanted: Mutex<HashMap<RoomId, i64>>,
+    subs: tokio::sync::Mutex<Subscriptions>,
+    up: tokio::sync::watch::Sender<bool>,
+    dropped: AtomicU64,
+}
+
+impl RedisBus {
+    /// `origin` identifies this instance in the envelopes (unique per process).
+    pub fn new(url: &str, origin: String) -> Result<Self, BusError> {
+        let client = redis::Client::open(url).map_err(|e| BusError(e.to_string()))?;
+        let conn = connection_manager(&client).map_err(|e| BusError(e.to_string()))?;
+        let (queue, queue_rx) = mpsc::channel(PUBLISH_QUEUE);
+        Ok(Self {
+            origin,
+            client,
+            conn,
+            handler: OnceLock::new(),
+            queue,
+            queue_rx: Mutex::new(Some(queue_rx)),
+            wanted: Mutex::new(HashMap::new()),
+            subs: tokio::sync::Mutex::new(Subscriptions::default()),
+            up: tokio::sync::watch::Sender::new(false),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Connects the receiving side; called once by the composition root.
+    pub fn set_handler(&self, handler: Arc<dyn BusHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    /// Whether the subscriber connection is up (all local rooms subscribed).
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Waits until the subscriber connection is up, at most `wait`; returns whether it is.
+    pub async fn wait_connected(&self, wait: Duration) -> bool {
+        let mut rx = self.up.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn set_up(&self, up: bool) -> bool {
+        self.up.send_replace(up)
+    }
+
+    /// The publisher and subscriber loops; runs until the task is aborted (at shutdown).
+    pub async fn run(self: Arc<Self>) {
+        let rx = self.queue_rx.lock().take();
+        let Some(rx) = rx else {
+            return;
+        };
+        tokio::join!(self.clone().publisher(rx), self.subscriber());
+    }
+
+    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, String)>) {
+        let mut conn = self.conn.clone();
+        let mut failing = false;
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            let mut pipe = redis::pipe();
+            for (channel, payload) in &batch {
+                pipe.publish(channel, payload).ignore();
+            }
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("redis bus: publishing again");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(cause = %e, lost = batch.len(), "redis bus: publish failed; other instances miss these events");
+                        failing = true;
+                    }
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    async fn subscriber(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let (sink, mut stream) = match self.connect().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    if self.set_up(false) {
+                        tracing::warn!(cause = %e, "redis bus: disconnected");
+                    } else {
+                        tracing::debug!(cause = %e, "redis bus: reconnect failed");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            self.set_up(true);
+            tracing::info!(origin = %self.origin, "redis bus: connected and subscribed");
+            let mut ping = tokio::time::interval(PING_EVERY);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(msg) => self.on_message(&msg),
+                        None => break,
+                    },
+                    _ = ping.tick() => {
+                        let mut s = sink.clone();
+                        match tokio::time::timeout(TIMEOUT, s.ping::<Vec<String>>()).await {
+                            Ok(Ok(_)) => {}
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            self.set_up(false);
+            self.subs.lock().await.sink = None;
+            tracing::warn!("redis bus: connection lost, reconnecting");
+        }
+    }
+
+    /// Opens the pub/sub connection and subscribes to every room with local members.
+    async fn connect(&self) -> Result<(PubSubSink, redis::aio::PubSubStream), String> {
+        let pubsub = tokio::time::timeout(TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (mut sink, stream) = pubsub.split();
+        let mut subs = self.subs.lock().await;
+        let rooms: Vec<RoomId> = self
+            .wanted
+            .lock()
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, _)| r.clone())
+            .collect();
+        if !rooms.is_empty() {
+            let channels: Vec<String> = rooms.iter().map(channel).collect();
+            tokio::time::timeout(TIMEOUT, sink.subscribe(&channels))
+                .await
+                .map_err(|_| "subscribe timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        subs.active = rooms.into_iter().collect();
+        subs.sink = Some(sink.clone());
+        Ok((sink, stream))
+    }
+
+    fn on_message(&self, msg: &redis::Msg) {
+        let envelope: serde_json::Value = match serde_json::from_slice(msg.get_payload_bytes()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(channel = msg.get_channel_name(), cause = %e, "redis bus: bad envelope");
+                return;
+            }
+        };
+        if envelope.get("origin").and_then(|o| o.as_str()) == Some(self.origin.as_str()) {
+            return;
+        }
+        let event = match RoomEvent::from_json(&envelope["event"]) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(channel = msg.get_channel_name(), cause = %e, "redis bus: bad event");
+                return;
+            }
+        };
+        if let Some(h) = self.handler.get() {
+            h.on_event(Arc::new(event));
+        }
+    }
+
+    fn wanted(&self, room: &RoomId) -> bool {
+        self.wanted.lock().get(room).is_some_and(|n| *n > 0)
+    }
+
+    /// Brings the connection's subscription of `room` in line with `wanted`.
+    async fn reconcile(&self, room: &RoomId) -> Result<(), BusError> {
+        let mut subs = self.subs.lock().await;
+        let want = self.wanted(room);
+        if want == subs.active.contains(room) {
+            return Ok(());
+        }
+        // Not connected: applied when the subscriber reconnects.
+        let Some(mut sink) = subs.sink.clone() else {
+            return Ok(());
+        };
+        let ch = channel(room);
+        let res = if want {
+            tokio::time::timeout(TIMEOUT, sink.subscribe(&ch)).await
+        } else {
+            tokio::time::timeout(TIMEOUT, sink.unsubscribe(&ch)).await
+        };
+        match res {
+            Ok(Ok(())) => {
+                if want {
+                    subs.active.insert(room.clone());
+                } else {
+                    subs.active.remove(room);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(BusError(e.to_string())),
+            Err(_) => Err(BusError("redis (un)subscribe timed out".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, event: Arc<RoomEvent>) -> Result<(), BusError> {
+        let payload = serde_json::json!({"origin": self.origin, "event": event.to_json()});
+        let ch = channel(event.room_id());
+        if let Some(h) = self.handler.get() {
+            h.on_event(event);
+        }
+        if self.queue.try_send((ch, payload.to_string())).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    dropped = n + 1,
+                    "redis bus: publish queue full, events not sent to other instances"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, room: &RoomId) -> Result<(), BusError> {
+        *self.wanted.lock().entry(room.clone()).or_default() += 1;
+        self.reconcile(room).await
+    }
+
+    async fn unsubscribe(&self, room: &RoomId) -> Result<(), BusError> {
+        {
+            let mut wanted = self.wanted.lock();
+            let n = wanted.entry(room.clone()).or_default();
+            *n -= 1;
+            if *n == 0 {
+                wanted.remove(room);
+            }
+        }
+        self.reconcile(room).await
+    }
+
+    async fn health(&self) -> Option<(&'static str, Result<(), BusError>)> {
+        if !self.is_up() {
+            return Some(("redis", Err(BusError("not connected".into()))));
+        }
+        let mut conn = self.conn.clone();
+        let res = match tokio::time::timeout(
+            TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BusError(e.to_string())),
+            Err(_) => Err(BusError("ping timed out".into())),
+        };
+        Some(("redis", res))
+    }
+}

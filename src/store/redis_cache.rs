@@ -1,0 +1,361 @@
+//! The Redis history cache (SPEC 7): a `MessageStore` decorator in front of the durable store.
+//!
+//! - `append` writes to the durable store first (the truth, and the ack waits for it), then
+//!   appends the message JSON (`new_message` payload) to `chat:history:{roomId}`, keeps the
+//!   newest `MAX_MESSAGE_HISTORY` and sets the TTL `MESSAGE_HISTORY_TTL`, in one `MULTI`.
+//! - Reads use the cache first: the newest `limit` come from the list alone when it holds at
+//!   least `limit` messages; otherwise (and for cursors the list does not hold) the list is
+//!   merged with the durable store by `messageId` and ordered by `(timestamp, messageId)`.
+//!   So instances with separate durable stores agree on everything inside the cache window,
+//!   and a shared durable store answers beyond it.
+//! - `after` (`since` resume) answers from the list when it holds the cursor (the list is a
+//!   contiguous newest suffix), else from the durable store.
+//! - Outage: a failed cache read falls back to the durable store; a failed cache write marks
+//!   the room's list stale (it would have a hole): this instance deletes that list before it
+//!   uses it again, and bypasses it until the delete succeeds.
+//! - Idempotency across instances: a message with a `clientMessageId` is also recorded under
+//!   `chat:idem:{roomId}:{userId}:{clientMessageId}` (TTL `MESSAGE_HISTORY_TTL`), so a retry
+//!   that reaches another instance (with its own embedded store) returns the original message.
+//!   With a shared durable store its unique index stays the guarantee.
+//! - Everything else (rooms, ping, close) is the durable store's.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use tokio::sync::Notify;
+
+use super::{Appended, MessageStore, OutboxEntry, StoreError};
+use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId};
+
+pub struct RedisCachedStore {
+    inner: Arc<dyn MessageStore>,
+    conn: ConnectionManager,
+    max: usize,
+    ttl: Duration,
+    stale: Mutex<HashSet<RoomId>>,
+}
+
+/// The key of a room's cached history (SPEC 7).
+pub fn history_key(room: &RoomId) -> String {
+    format!("chat:history:{room}")
+}
+
+fn order_key(m: &Message) -> (u64, &str) {
+    (m.timestamp, m.message_id.as_str())
+}
+
+fn decode(items: Vec<String>) -> Vec<Message> {
+    items
+        .iter()
+        .filter_map(|s| {
+            let v: serde_json::Value = serde_json::from_str(s).ok()?;
+            match Message::from_json(&v) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(cause = %e, "history cache: skipping a bad entry");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Union by id, ordered oldest first, the newest `limit` kept.
+fn merge(mut a: Vec<Message>, b: Vec<Message>, limit: usize) -> Vec<Message> {
+    let ids: HashSet<MessageId> = a.iter().map(|m| m.message_id.clone()).collect();
+    a.extend(b.into_iter().filter(|m| !ids.contains(&m.message_id)));
+    a.sort_by(|x, y| order_key(x).cmp(&order_key(y)));
+    let skip = a.len().saturating_sub(limit);
+    a.split_off(skip)
+}
+
+impl RedisCachedStore {
+    pub fn new(
+        inner: Arc<dyn MessageStore>,
+        url: &str,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let conn = crate::bus::redis::connection_manager(&client)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(Self {
+            inner,
+            conn,
+            max,
+            ttl,
+            stale: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Whether the room's list may be used; deletes it first when a write to it failed.
+    async fn usable(&self, room: &RoomId) -> bool {
+        if !self.stale.lock().contains(room) {
+            return true;
+        }
+        let mut c = self.conn.clone();
+        match redis::cmd("DEL")
+            .arg(history_key(room))
+            .query_async::<()>(&mut c)
+            .await
+        {
+            Ok(()) => {
+                self.stale.lock().remove(room);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The newest `n` cached messages and the list's length.
+    async fn newest(&self, room: &RoomId, n: usize) -> Option<(Vec<Message>, usize)> {
+        if !self.usable(room).await {
+            return None;
+        }
+        let mut c = self.conn.clone();
+        let key = history_key(room);
+        let res: redis::RedisResult<(Vec<String>, usize)> = redis::pipe()
+            .cmd("LRANGE")
+            .arg(&key)
+            .arg(-(n as i64))
+            .arg(-1)
+            .cmd("LLEN")
+            .arg(&key)
+            .query_async(&mut c)
+            .await;
+        match res {
+            Ok((items, len)) => Some((decode(items), len)),
+            Err(e) => {
+                tracing::warn!(cause = %e, "history cache unavailable, reading the durable store");
+                None
+            }
+        }
+    }
+
+    async fn all(&self, room: &RoomId) -> Option<Vec<Message>> {
+        self.newest(room, self.max.max(1)).await.map(|(m, _)| m)
+    }
+}
+
+#[async_trait]
+impl MessageStore for RedisCachedStore {
+    async fn append(&self, message: Message) -> Result<Appended, StoreError> {
+        let idem = message.client_message_id.as_ref().map(|cmid| {
+            format!(
+                "chat:idem:{}:{}:{}",
+                message.room_id,
+                message.user_id,
+                cmid.as_ref()
+            )
+        });
+        let mut c = self.conn.clone();
+        if let Some(key) = &idem
+            && let Ok(Some(json)) = redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+            && let Some(original) = serde_json::from_str(&json)
+                .ok()
+                .and_then(|v: serde_json::Value| Message::from_json(&v).ok())
+        {
+            return Ok(Appended {
+                message: Message {
+                    client_message_id: message.client_message_id,
+                    ..original
+                },
+                duplicate: true,
+            });
+        }
+        let appended = self.inner.append(message).await?;
+        if appended.duplicate {
+            return Ok(appended);
+        }
+        let room = appended.message.room_id.clone();
+        let json = serde_json::to_string(&appended.message)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let key = history_key(&room);
+        if let Some(idem) = &idem {
+            let _ = redis::cmd("SET")
+                .arg(idem)
+                .arg(&json)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.ttl.as_secs().max(1))
+                .query_async::<Option<String>>(&mut c)
+                .await;
+        }
+        let res: redis::RedisResult<()> = if self.usable(&room).await {
+            redis::pipe()
+                .atomic()
+                .cmd("RPUSH")
+                .arg(&key)
+                .arg(json)
+                .ignore()
+                .cmd("LTRIM")
+                .arg(&key)
+                .arg(-(self.max as i64))
+                .arg(-1)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(self.ttl.as_secs())
+                .ignore()
+                .query_async(&mut c)
+                .await
+        } else {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "stale list not yet deleted",
+            )))
+        };
+        if let Err(e) = res {
+            tracing::warn!(room = %room, cause = %e, "history cache write failed; the room's cached list will be rebuilt");
+            self.stale.lock().insert(room);
+        }
+        Ok(appended)
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        limit: usize,
+        before: Option<&MessageId>,
+    ) -> Result<Vec<Message>, StoreError> {
+        match before {
+            None => match self.newest(room, limit).await {
+                Some((cached, len)) if len >= limit && cached.len() >= limit => Ok(cached),
+                Some((cached, _)) => {
+                    let durable = self.inner.history(room, limit, None).await?;
+                    Ok(merge(cached, durable, limit))
+                }
+                None => self.inner.history(room, limit, None).await,
+            },
+            Some(cursor) => {
+                let Some(all) = self.all(room).await else {
+                    return self.inner.history(room, limit, before).await;
+                };
+                let Some(pos) = all.iter().position(|m| &m.message_id == cursor) else {
+                    return self.inner.history(room, limit, before).await;
+                };
+                let cursor_key = (all[pos].timestamp, all[pos].message_id.clone());
+                let mut cached = all;
+                cached.truncate(pos);
+                if cached.len() >= limit {
+                    let skip = cached.len() - limit;
+                    return Ok(cached.split_off(skip));
+                }
+                let durable = match self.inner.history(room, limit, before).await {
+                    Ok(d) => d,
+                    // The cursor came from another instance's durable store.
+                    Err(StoreError::UnknownCursor) => self
+                        .inner
+                        .history(room, 1000, None)
+                        .await?
+                        .into_iter()
+                        .filter(|m| {
+                            (m.timestamp, m.message_id.as_str())
+                                < (cursor_key.0, cursor_key.1.as_str())
+                        })
+                        .collect(),
+                    Err(e) => return Err(e),
+                };
+                Ok(merge(cached, durable, limit))
+            }
+        }
+    }
+
+    async fn after(
+        &self,
+        room: &RoomId,
+        after: &MessageId,
+        limit: usize,
+    ) -> Result<Option<Vec<Message>>, StoreError> {
+        if let Some(mut all) = self.all(room).await
+            && let Some(pos) = all.iter().position(|m| &m.message_id == after)
+        {
+            let mut rest = all.split_off(pos + 1);
+            rest.truncate(limit);
+            return Ok(Some(rest));
+        }
+        self.inner.after(room, after, limit).await
+    }
+
+    async fn get_room(&self, room: &RoomId) -> Result<Option<Room>, StoreError> {
+        self.inner.get_room(room).await
+    }
+
+    async fn create_room(&self, room: NewRoom) -> Result<(Room, bool), StoreError> {
+        self.inner.create_room(room).await
+    }
+
+    async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
+        self.inner.add_member(room, user).await
+    }
+
+    async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError> {
+        self.inner.rooms_of(user).await
+    }
+
+    // The outbox lives in the durable store, never in the cache.
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.inner.outbox_pending(limit).await
+    }
+
+    async fn outbox_mark_sent(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        self.inner.outbox_mark_sent(seqs).await
+    }
+
+    async fn outbox_len(&self) -> Result<u64, StoreError> {
+        self.inner.outbox_len().await
+    }
+
+    fn outbox_signal(&self) -> Arc<Notify> {
+        self.inner.outbox_signal()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MessageBody, MessageType, Username};
+
+    fn msg(id_ts: u64, text: &str) -> Message {
+        Message {
+            message_id: MessageId::generate(id_ts),
+            room_id: RoomId::parse("r").unwrap(),
+            user_id: UserId::parse("u").unwrap(),
+            username: Username::parse("u").unwrap(),
+            message: MessageBody::parse(text, 100).unwrap(),
+            message_type: MessageType::Text,
+            timestamp: id_ts,
+            client_message_id: None,
+        }
+    }
+
+    #[test]
+    fn merge_dedupes_orders_and_keeps_the_newest() {
+        let (m1, m2, m3) = (msg(1000, "a"), msg(2000, "b"), msg(3000, "c"));
+        let merged = merge(
+            vec![m2.clone(), m3.clone()],
+            vec![m1.clone(), m2.clone()],
+            10,
+        );
+        let texts: Vec<_> = merged.iter().map(|m| m.message.as_str()).collect();
+        assert_eq!(texts, ["a", "b", "c"]);
+        let merged = merge(vec![m3], vec![m1, m2], 2);
+        let texts: Vec<_> = merged.iter().map(|m| m.message.as_str()).collect();
+        assert_eq!(texts, ["b", "c"]);
+    }
+}

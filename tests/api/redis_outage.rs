@@ -1,0 +1,118 @@
+//! SPEC 7 outage: with its Redis connection cut (a TCP proxy the test controls), an instance
+//! keeps serving its own clients, `/ready` reports Redis down, and when the connection comes
+//! back it reconnects, resubscribes and republishes its members by itself.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+
+use crate::support::{
+    TcpProxy, eventually, redis, redis_url, spawn_app_with, spawn_redis_app, unique,
+};
+
+const RECOVERY: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
+    redis().await;
+    let target: std::net::SocketAddr = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("TEST_REDIS_URL as redis://ip:port");
+    let proxy = TcpProxy::start(target).await;
+    let proxied = format!("redis://{}", proxy.addr);
+    let app_a = spawn_app_with(&["--redis-url", &proxied]).await;
+    let app_b = spawn_redis_app(&[]).await;
+    let room = unique("outage");
+    let (u1, u2, u3) = (unique("a1"), unique("a2"), unique("a3"));
+    let mut a1 = app_a.member(&u1, &room).await;
+    let mut a2 = app_a.member(&u2, &room).await;
+    let mut b = app_b.member(&unique("b"), &room).await;
+    a1.say(&room, "before").await;
+    assert_eq!(b.event("new_message").await["message"], "before");
+    assert_eq!(app_a.get("/ready").await.0, 200);
+
+    proxy.cut();
+    eventually("A reports redis down", RECOVERY, || async {
+        let (status, body) = app_a.get("/ready").await;
+        status == 503 && body["dependencies"]["redis"]["status"] == "down"
+    })
+    .await;
+    // A keeps serving its own clients: chat in a local room, new connections, joins with the
+    // history from the durable store.
+    a1.say(&room, "during").await;
+    assert_eq!(
+        a2.event_where("new_message", |m| m["message"] == "during")
+            .await["userId"],
+        u1.as_str()
+    );
+    let mut a3 = app_a.user(&u3).await;
+    let (history, users) = a3.join(&room).await;
+    let texts: Vec<_> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["before", "during"]);
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["userId"] == u3.as_str())
+    );
+    a1.event_where("user_joined", |j| j["userId"] == u3.as_str())
+        .await;
+    // a2 leaves while Redis is away: its entries must go once Redis is back.
+    a2.disconnect();
+    a1.event_where("user_left", |l| l["userId"] == u2.as_str())
+        .await;
+    // B is unaffected.
+    assert_eq!(app_b.get("/ready").await.0, 200);
+
+    proxy.restore();
+    eventually("A ready again", RECOVERY, || async {
+        app_a.get("/ready").await.0 == 200
+    })
+    .await;
+    // A republished the member that joined during the outage and resubscribed the room.
+    let mut r = redis().await;
+    let key = format!("chat:room:{room}:users");
+    eventually("a3 republished", RECOVERY, || {
+        let (mut r, key, u3) = (r.clone(), key.clone(), u3.clone());
+        async move { r.sismember::<_, _, bool>(&key, &u3).await.unwrap() }
+    })
+    .await;
+    eventually("a2's entries removed", RECOVERY, || {
+        let (mut r, key, u2) = (r.clone(), key.clone(), u2.clone());
+        async move {
+            let member: bool = r.sismember(&key, &u2).await.unwrap();
+            let conns: i64 = r.zcard(format!("chat:user:{u2}:conns")).await.unwrap();
+            let status: Option<String> = r
+                .hget(format!("user:presence:{u2}"), "status")
+                .await
+                .unwrap();
+            !member && conns == 0 && status.as_deref() == Some("offline")
+        }
+    })
+    .await;
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("chat:room:{room}"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    // Cross-instance delivery works again, both ways.
+    a3.say(&room, "after from A").await;
+    assert_eq!(
+        b.event_where("new_message", |m| m["message"] == "after from A")
+            .await["userId"],
+        u3.as_str()
+    );
+    b.say(&room, "after from B").await;
+    a1.event_where("new_message", |m| m["message"] == "after from B")
+        .await;
+}
