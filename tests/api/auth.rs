@@ -216,7 +216,7 @@ async fn misconfigured_jwt_stops_start_up() {
 async fn a_connection_is_told_when_its_token_expires_and_must_reauthenticate() {
     let app = spawn_app_with(&["--auth-mode", "jwt", "--jwt-secret", SECRET]).await;
     let mut c = app.client().await;
-    let short = hs256(json!({"sub": "exp-user", "exp": now() + 2}), SECRET);
+    let short = hs256(json!({"sub": "exp-user", "exp": now() + 3}), SECRET);
     assert_eq!(
         c.emit_ack("authenticate", json!({"token": short})).await["success"],
         true
@@ -224,7 +224,7 @@ async fn a_connection_is_told_when_its_token_expires_and_must_reauthenticate() {
     c.join("expiring").await;
     // Pushed by the server when the token runs out, without any client event.
     let err = c
-        .event_within("error", |_| true, std::time::Duration::from_secs(6))
+        .event_within("error", |_| true, std::time::Duration::from_secs(8))
         .await;
     assert_eq!(err["code"], "token_expired");
     let ack = c

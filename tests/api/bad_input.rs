@@ -2,12 +2,13 @@
 //! (`fixtures/bad_payloads.tsv`) over both socket transports, deep nesting, huge frames,
 //! invalid UTF-8, 10k-room joins; and property tests of the decoders that face the network.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{WAIT, spawn_app, spawn_app_with};
+use crate::raw_ws::next;
+use crate::support::{spawn_app, spawn_app_with};
 
 struct Case {
     event: String,
@@ -100,28 +101,6 @@ async fn every_bad_payload_is_refused_over_socketio() {
     assert_eq!(app.stored_texts("cat").await, ["valid"]);
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_frame(ws: &mut Ws, event: &str) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    if v["event"] == event {
-                        return v;
-                    }
-                }
-                Some(Ok(_)) => {}
-                other => panic!("connection ended waiting for {event}: {other:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {event} frame"))
-}
-
 #[tokio::test]
 async fn every_bad_payload_is_refused_over_raw_websocket() {
     let app = spawn_app_with(&[
@@ -145,7 +124,7 @@ async fn every_bad_payload_is_refused_over_raw_websocket() {
     ))
     .await
     .unwrap();
-    assert_eq!(next_frame(&mut ws, "ack").await["data"]["success"], true);
+    assert_eq!(next(&mut ws, "ack").await["data"]["success"], true);
     watcher.event("user_joined").await;
     for (i, case) in catalogue().into_iter().enumerate() {
         let frame = format!(
@@ -156,7 +135,7 @@ async fn every_bad_payload_is_refused_over_raw_websocket() {
         );
         ws.send(Message::text(frame)).await.unwrap();
         // Payloads too deep for the frame decoder are refused as frames (error, no ack).
-        let err = next_frame(&mut ws, "error").await;
+        let err = next(&mut ws, "error").await;
         assert_eq!(
             err["data"]["code"],
             case.code.as_str(),
@@ -165,7 +144,7 @@ async fn every_bad_payload_is_refused_over_raw_websocket() {
             case.raw
         );
         if !case.raw.starts_with("[[[") && !case.raw.contains(":[[[") {
-            let ack = next_frame(&mut ws, "ack").await;
+            let ack = next(&mut ws, "ack").await;
             assert_eq!(ack["id"], i + 1);
             assert_eq!(ack["data"]["error"]["code"], case.code.as_str());
         }
@@ -177,7 +156,7 @@ async fn every_bad_payload_is_refused_over_raw_websocket() {
         .0;
     let _ = bad.send(Message::binary(vec![0xff, 0xfe, 0xfd])).await;
     assert_eq!(
-        next_frame(&mut bad, "error").await["data"]["code"],
+        next(&mut bad, "error").await["data"]["code"],
         "invalid_payload"
     );
 
@@ -186,7 +165,7 @@ async fn every_bad_payload_is_refused_over_raw_websocket() {
     ))
     .await
     .unwrap();
-    assert_eq!(next_frame(&mut ws, "ack").await["data"]["success"], true);
+    assert_eq!(next(&mut ws, "ack").await["data"]["success"], true);
     assert_eq!(watcher.event("new_message").await["message"], "valid");
     assert!(watcher.received("new_message").is_empty());
     assert_eq!(app.stored_texts("cat").await, ["valid"]);
