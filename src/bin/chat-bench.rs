@@ -819,7 +819,7 @@ struct ChildWorker {
 
 enum Worker {
     Local(Arc<LocalWorker>),
-    Child(ChildWorker),
+    Child(Box<ChildWorker>),
 }
 
 impl ChildWorker {
@@ -1163,7 +1163,7 @@ async fn parent_main(args: Args) -> i32 {
     } else {
         for i in 0..n {
             match ChildWorker::spawn(i, n, &run_id) {
-                Ok(c) => workers.push(Worker::Child(c)),
+                Ok(c) => workers.push(Worker::Child(Box::new(c))),
                 Err(e) => {
                     eprintln!("chat-bench: {e}");
                     return 2;
