@@ -532,10 +532,24 @@ pub async fn stalled_member(
             format!("42{}", json!(["join_room", {"roomId": room}])),
         ]
     };
-    for text in frames {
+    for (i, text) in frames.into_iter().enumerate() {
         tcp.write_all(&masked_text_frame(text.as_bytes()))
             .await
             .unwrap();
+        if i == 0 && !raw_ws {
+            // Like socket.io-client, wait for the namespace connect ack (`40{"sid":..}`)
+            // before emitting: events sent earlier are dropped by the server.
+            let mut seen = Vec::new();
+            tokio::time::timeout(WAIT, async {
+                while !seen.windows(3).any(|w| w == b"40{") {
+                    let n = tcp.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed before the connect ack");
+                    seen.extend_from_slice(&buf[..n]);
+                }
+            })
+            .await
+            .expect("connect ack");
+        }
     }
     tcp
 }

@@ -199,7 +199,9 @@ async fn start_worker(s: SocketRef) {
     }
 }
 
-/// The connection's worker: one event at a time, in arrival order.
+/// The connection's worker: one event at a time, in arrival order. The futures of the chat
+/// calls are boxed so that an idle worker (the common state of a connection) holds only its
+/// small loop state, not room for the largest use case's future.
 async fn run_connection(
     chat: Arc<ChatService>,
     mut session: Session,
@@ -224,11 +226,11 @@ async fn run_connection(
             }
             () = shutdown.cancelled() => {
                 while let Ok(job) = rx.try_recv() {
-                    if !handle(&chat, &mut session, job, &pending).await {
+                    if !Box::pin(handle(&chat, &mut session, job, &pending)).await {
                         return;
                     }
                 }
-                chat.disconnect(&mut session).await;
+                Box::pin(chat.disconnect(&mut session)).await;
                 return;
             }
             job = rx.recv() => job,
@@ -236,11 +238,11 @@ async fn run_connection(
         let Some(job) = job else {
             break;
         };
-        if !handle(&chat, &mut session, job, &pending).await {
+        if !Box::pin(handle(&chat, &mut session, job, &pending)).await {
             break;
         }
     }
-    chat.disconnect(&mut session).await;
+    Box::pin(chat.disconnect(&mut session)).await;
 }
 
 /// Handles one job; false when the connection is gone.

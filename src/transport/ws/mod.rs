@@ -223,7 +223,8 @@ async fn run(state: WsState, socket: WebSocket) {
                 continue;
             }
         };
-        let result = dispatch(chat, &mut session, &event, Ok(data)).await;
+        // Boxed: an idle connection task keeps only its loop state (see socketio/mod.rs).
+        let result = Box::pin(dispatch(chat, &mut session, &event, Ok(data))).await;
         if let Err(e) = &result {
             let _ = tx.try_send(Out::Event(Arc::new(ServerEvent::from_value(
                 wire::ERROR,
@@ -239,7 +240,7 @@ async fn run(state: WsState, socket: WebSocket) {
             break;
         }
     }
-    chat.disconnect(&mut session).await;
+    Box::pin(chat.disconnect(&mut session)).await;
     drop(session);
     drop(sink);
     // A close frame when the queue has room; a writer stuck on a client that stopped reading
