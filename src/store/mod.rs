@@ -41,6 +41,7 @@
 //! - A store built without the outbox writes no entries; existing entries stay until a relay
 //!   sends them.
 
+pub mod conformance;
 pub mod embedded;
 
 use std::sync::Arc;
