@@ -43,6 +43,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod postgres;
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! The store conformance suite (`chat_service::store::conformance`) against every backend the
-//! test machine runs: the embedded store here.
+//! test machine runs: the embedded store here; PostgreSQL in `postgres.rs`.
 
 use std::sync::Arc;
 

@@ -10,6 +10,7 @@ mod grpc_auth;
 mod limits;
 mod notifications;
 mod persistence;
+mod postgres;
 mod raw_ws;
 mod rest;
 mod socket_events;
