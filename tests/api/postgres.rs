@@ -127,3 +127,118 @@ async fn app_on_postgres_keeps_messages_rooms_and_idempotency_across_a_restart()
         .await;
     assert_eq!(body["rooms"][0]["type"], "direct", "{body}");
 }
+
+/// A TCP proxy in front of PostgreSQL that the test can cut (every connection dropped, the
+/// port refusing) and restore on the same port: a database outage without touching the
+/// shared server.
+struct Proxy {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        Proxy {
+            port,
+            task: Some(tokio::spawn(Self::serve(listener))),
+        }
+    }
+
+    async fn serve(listener: tokio::net::TcpListener) {
+        let upstream = {
+            let url = pg_url();
+            let rest = url.split('@').nth(1).unwrap_or("127.0.0.1:5432/test");
+            rest.split('/')
+                .next()
+                .unwrap_or("127.0.0.1:5432")
+                .to_string()
+        };
+        // Dropped with this task: aborts every proxied connection.
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            let upstream = upstream.clone();
+            conns.spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/test", self.port)
+    }
+
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        self.task = Some(tokio::spawn(Self::serve(listener)));
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[tokio::test]
+async fn database_outage_fails_sends_fast_shows_in_ready_and_heals_by_itself() {
+    use std::time::{Duration, Instant};
+    let mut proxy = Proxy::start().await;
+    let url = proxy.url();
+    let app = spawn_app_with(&["--storage", "postgres", "--database-url", &url]).await;
+    let (room, user) = (unique("pg-outage-"), unique("pg-u-"));
+    let mut alice = app.member(&user, &room).await;
+    alice.say(&room, "before").await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let ack = alice
+        .emit_ack("send_message", json!({"roomId": room, "message": "during"}))
+        .await;
+    assert_eq!(ack["success"], false, "{ack}");
+    assert_eq!(ack["error"]["code"], "unavailable", "{ack}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the send failed fast: {:?}",
+        started.elapsed()
+    );
+    let (status, body) = app.get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["dependencies"]["store"]["status"], "down", "{body}");
+
+    proxy.restore().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = app.get("/ready").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "store did not come back: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ack = alice
+        .emit_ack("send_message", json!({"roomId": room, "message": "after"}))
+        .await;
+    assert_eq!(ack["success"], true, "{ack}");
+    assert_eq!(app.stored_texts(&room).await, ["before", "after"]);
+}
