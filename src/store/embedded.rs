@@ -36,7 +36,7 @@ use crate::domain::{
 };
 
 /// Most writes committed together.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 4096;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS messages (
