@@ -39,3 +39,15 @@ if [ ! -x .venv/bin/python ] || [ ! -f .venv/.requirements-stamp ] || [ e2e/pyth
   .venv/bin/pip install --quiet --disable-pip-version-check -r e2e/python/requirements.txt
   touch .venv/.requirements-stamp
 fi
+
+# PostgreSQL for the `postgres` tests (postgres://postgres@127.0.0.1:5432/test): started when
+# installed but not running, the `test` database created when missing.
+if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1; then
+  echo "setup: starting PostgreSQL"
+  for v in $(ls /etc/postgresql); do pg_ctlcluster --skip-systemctl-redirect "$v" main start || true; done
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
+fi
+if command -v psql >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1; then
+  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE test"
+fi

@@ -31,6 +31,7 @@ use crate::events::relay::{OutboxRelay, RelayConfig};
 use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
+use crate::store::postgres::{PostgresConfig, PostgresStore};
 use crate::store::redis_cache::RedisCachedStore;
 use crate::store::{MessageStore, OutboxConfig, embedded::EmbeddedStore};
 use crate::transport::{http, page, socketio, ws};
@@ -82,7 +83,18 @@ impl App {
                 anyhow::bail!("STORAGE=mongodb: the MongoDB store is not in this build yet")
             }
             StorageKind::Postgres => {
-                anyhow::bail!("STORAGE=postgres: the PostgreSQL store is not in this build yet")
+                let url = cfg
+                    .database_url
+                    .clone()
+                    .context("DATABASE_URL is required with STORAGE=postgres")?;
+                Arc::new(
+                    PostgresStore::open(PostgresConfig {
+                        outbox,
+                        ..PostgresConfig::new(url)
+                    })
+                    .await
+                    .context("DATABASE_URL: cannot open the PostgreSQL store")?,
+                )
             }
         };
         // With Redis, history is read from the shared cache first (SPEC 7).

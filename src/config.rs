@@ -191,6 +191,10 @@ pub struct Config {
     pub production: bool,
     pub storage: StorageKind,
     pub data_dir: PathBuf,
+    /// `DATABASE_URL` (`STORAGE=postgres`).
+    pub database_url: Option<String>,
+    /// `MONGODB_URI` (`STORAGE=mongodb`).
+    pub mongodb_uri: Option<String>,
     pub redis: Option<RedisConfig>,
     pub rabbitmq: Option<String>,
     /// `RABBITMQ_QUEUE_NEW_MESSAGE`.
@@ -357,6 +361,8 @@ impl Config {
             production: cli.node_env == "production",
             storage,
             data_dir: cli.data_dir,
+            database_url: cli.database_url,
+            mongodb_uri: cli.mongodb_uri,
             redis: redis.map(|url| RedisConfig {
                 url,
                 max_message_history: cli.max_message_history as usize,
@@ -454,6 +460,11 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("storage", &self.storage)
             .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("mongodb_uri", &self.mongodb_uri.as_deref().map(redact_url))
             .field("redis", &self.redis)
             .field("rabbitmq", &self.rabbitmq.as_deref().map(redact_url))
             .field("cors", &self.cors)

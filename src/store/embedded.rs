@@ -5,11 +5,16 @@
 //! answered only after that commit. Reads use a small pool of separate connections, which WAL
 //! lets run beside the writer.
 //!
-//! Outbox: with `OutboxConfig`, `append_in` writes the `outbox` row in the same transaction as
+//! Appends: the consecutive appends of a batch are written with a fixed number of statements
+//! (`append_all`: each row set is one JSON array parameter expanded by `json_each`), not one
+//! round trip to SQLite's worker thread per message.
+//!
+//! Outbox: with `OutboxConfig`, `append_all` writes the `outbox` row in the same transaction as
 //! the message (so the group commit covers both with one fsync). The writer task is the only
 //! writer, so it keeps the pending count in memory (loaded at open): the `max_pending` check
 //! costs no query, and `outbox_mark_sent` goes through the same queue (one `DELETE` per batch).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -31,7 +36,7 @@ use crate::domain::{
 };
 
 /// Most writes committed together.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 4096;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS messages (
@@ -356,33 +361,37 @@ async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>, outbox: &Out
     let mut replies = Vec::with_capacity(ops.len());
     let mut pending_errors = Vec::new();
     let mut refused = Vec::new();
-    let pending_before = outbox.pending.load(Ordering::Relaxed);
-    // Outbox entries added / removed by this batch (applied to `pending` after the commit).
-    let (mut added, mut removed) = (0u64, 0u64);
+    // The outbox size as this batch goes, and the entries it added (applied after the commit).
+    let mut count = OutboxCount {
+        pending: outbox.pending.load(Ordering::Relaxed),
+        added: 0,
+    };
+    let max_pending = outbox.config.map(|c| c.max_pending);
     let result: Result<(), StoreError> = async {
         let mut tx = conn.begin().await.map_err(internal)?;
+        let mut appends = Vec::new();
         for op in ops {
+            if let Write::Append(message, reply) = op {
+                appends.push((message, reply));
+                continue;
+            }
+            if !appends.is_empty() {
+                let run = std::mem::take(&mut appends);
+                append_all(
+                    &mut tx,
+                    run,
+                    max_pending,
+                    &mut count,
+                    &mut replies,
+                    &mut refused,
+                )
+                .await?;
+            }
             match op {
-                Write::Append(message, reply) => {
-                    let limit = outbox.config.map(|c| {
-                        let pending = (pending_before + added).saturating_sub(removed);
-                        OutboxLimit {
-                            full: pending >= c.max_pending,
-                            pending,
-                        }
-                    });
-                    match append_in(&mut tx, message, limit).await {
-                        Ok((appended, entry)) => {
-                            added += u64::from(entry);
-                            replies.push(Reply::Append(reply, appended));
-                        }
-                        // A full outbox refuses this message, not the batch.
-                        Err(e @ StoreError::OutboxFull(_)) => refused.push((reply, e)),
-                        Err(e) => return Err(e),
-                    }
-                }
+                Write::Append(..) | Write::Close(_) => unreachable!("handled above"),
                 Write::MarkSent(seqs, reply) => {
-                    removed += mark_sent_in(&mut tx, &seqs).await?;
+                    let removed = mark_sent_in(&mut tx, &seqs).await?;
+                    count.pending = count.pending.saturating_sub(removed);
                     replies.push(Reply::Unit(reply));
                 }
                 Write::CreateRoom(room, reply) => match create_room_in(&mut tx, room).await {
@@ -395,17 +404,26 @@ async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>, outbox: &Out
                     add_member_in(&mut tx, &room, &user).await?;
                     replies.push(Reply::Unit(reply));
                 }
-                Write::Close(_) => unreachable!("close is handled by the writer loop"),
             }
+        }
+        if !appends.is_empty() {
+            append_all(
+                &mut tx,
+                appends,
+                max_pending,
+                &mut count,
+                &mut replies,
+                &mut refused,
+            )
+            .await?;
         }
         tx.commit().await.map_err(internal)
     }
     .await;
     match result {
         Ok(()) => {
-            let now = (pending_before + added).saturating_sub(removed);
-            outbox.pending.store(now, Ordering::Relaxed);
-            if added > 0 {
+            outbox.pending.store(count.pending, Ordering::Relaxed);
+            if count.added > 0 {
                 outbox.signal.notify_one();
             }
             replies.into_iter().for_each(Reply::ok);
@@ -430,11 +448,171 @@ async fn commit_batch(conn: &mut SqliteConnection, ops: Vec<Write>, outbox: &Out
     }
 }
 
-/// Whether the outbox is enabled and full, for one append.
-#[derive(Clone, Copy)]
-struct OutboxLimit {
-    full: bool,
+/// The outbox size while a batch is written.
+struct OutboxCount {
     pending: u64,
+    added: u64,
+}
+
+type AppendReply = oneshot::Sender<Result<Appended, StoreError>>;
+type Key = (String, String, String);
+
+fn key_of(m: &Message) -> Option<Key> {
+    m.client_message_id.as_ref().map(|c| {
+        (
+            m.room_id.as_str().to_string(),
+            m.user_id.as_str().to_string(),
+            c.as_str().to_string(),
+        )
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// Consecutive appends of a batch, written with a constant number of statements (each row
+/// set passed as one JSON array and expanded by `json_each`): the idempotency lookup, the
+/// messages (in batch order, so `seq` follows it), the rooms' `lastMessage`, the outbox.
+async fn append_all(
+    conn: &mut SqliteConnection,
+    appends: Vec<(Message, AppendReply)>,
+    max_pending: Option<u64>,
+    count: &mut OutboxCount,
+    replies: &mut Vec<Reply>,
+    refused: &mut Vec<(AppendReply, StoreError)>,
+) -> Result<(), StoreError> {
+    let keys: Vec<Key> = appends.iter().filter_map(|(m, _)| key_of(m)).collect();
+    let mut known: HashMap<Key, Message> = HashMap::new();
+    if !keys.is_empty() {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM json_each(?) k CROSS JOIN messages m
+             WHERE m.room_id = json_extract(k.value, '$[0]')
+               AND m.user_id = json_extract(k.value, '$[1]')
+               AND m.client_message_id = json_extract(k.value, '$[2]')"
+        ))
+        .bind(to_json(&keys)?)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(internal)?;
+        for row in &rows {
+            let m = message_from_row(row)?;
+            if let Some(k) = key_of(&m) {
+                known.insert(k, m);
+            }
+        }
+    }
+
+    // Stored (or earlier in this run) keys are duplicates; the rest is written.
+    let mut fresh: Vec<Message> = Vec::with_capacity(appends.len());
+    let mut answers: Vec<(AppendReply, Result<usize, Key>)> = Vec::with_capacity(appends.len());
+    for (message, reply) in appends {
+        let key = key_of(&message);
+        if let Some(k) = key.as_ref().filter(|k| known.contains_key(*k)).cloned() {
+            answers.push((reply, Err(k)));
+            continue;
+        }
+        if let Some(max) = max_pending {
+            if count.pending >= max {
+                refused.push((reply, StoreError::OutboxFull(count.pending)));
+                continue;
+            }
+            count.pending += 1;
+            count.added += 1;
+        }
+        if let Some(k) = key {
+            known.insert(k, message.clone());
+        }
+        answers.push((reply, Ok(fresh.len())));
+        fresh.push(message);
+    }
+
+    if !fresh.is_empty() {
+        let rows: Vec<_> = fresh
+            .iter()
+            .map(|m| {
+                (
+                    m.message_id.as_str(),
+                    m.room_id.as_str(),
+                    m.user_id.as_str(),
+                    m.username.as_str(),
+                    m.message.as_str(),
+                    m.message_type.as_str(),
+                    m.timestamp as i64,
+                    m.client_message_id.as_ref().map(|c| c.as_str()),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
+                timestamp, created_at, client_message_id)
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+                json_extract(value, '$[6]'), ?2, json_extract(value, '$[7]')
+             FROM json_each(?1) ORDER BY key",
+        )
+        .bind(to_json(&rows)?)
+        .bind(now_ms() as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+
+        // Each room's last message of this run.
+        let mut last: HashMap<&str, &Message> = HashMap::new();
+        for m in &fresh {
+            last.insert(m.room_id.as_str(), m);
+        }
+        let rooms: Vec<_> = last
+            .values()
+            .map(|m| {
+                (
+                    m.room_id.as_str(),
+                    m.timestamp as i64,
+                    m.message.as_str(),
+                    m.user_id.as_str(),
+                )
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO rooms (room_id, type, private, created_at, updated_at, last_content,
+                last_timestamp, last_sender)
+             SELECT json_extract(value, '$[0]'), 'group', 0, json_extract(value, '$[1]'),
+                json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                json_extract(value, '$[1]'), json_extract(value, '$[3]')
+             FROM json_each(?) WHERE true
+             ON CONFLICT(room_id) DO UPDATE SET updated_at = excluded.updated_at,
+                last_content = excluded.last_content, last_timestamp = excluded.last_timestamp,
+                last_sender = excluded.last_sender",
+        )
+        .bind(to_json(&rooms)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(internal)?;
+
+        if max_pending.is_some() {
+            let room_ids: Vec<&str> = last.keys().copied().collect();
+            outbox_insert_all(conn, &fresh, &room_ids).await?;
+        }
+    }
+
+    let mut fresh: Vec<Option<Message>> = fresh.into_iter().map(Some).collect();
+    for (reply, answer) in answers {
+        let appended = match answer {
+            Ok(i) => Appended {
+                message: fresh[i].take().expect("each new message is answered once"),
+                duplicate: false,
+            },
+            Err(k) => Appended {
+                message: known[&k].clone(),
+                duplicate: true,
+            },
+        };
+        replies.push(Reply::Append(reply, appended));
+    }
+    Ok(())
 }
 
 async fn mark_sent_in(conn: &mut SqliteConnection, seqs: &[u64]) -> Result<u64, StoreError> {
@@ -450,113 +628,56 @@ async fn mark_sent_in(conn: &mut SqliteConnection, seqs: &[u64]) -> Result<u64, 
     Ok(done.rows_affected())
 }
 
-/// Stores the message and, with the outbox enabled, its outbox entry; returns whether an
-/// entry was written.
-async fn append_in(
+/// One outbox entry per new message, receivers from the rooms' participants now.
+async fn outbox_insert_all(
     conn: &mut SqliteConnection,
-    message: Message,
-    outbox: Option<OutboxLimit>,
-) -> Result<(Appended, bool), StoreError> {
-    if let Some(cmid) = &message.client_message_id {
-        let existing = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages
-             WHERE room_id = ? AND user_id = ? AND client_message_id = ?"
-        ))
-        .bind(message.room_id.as_str())
-        .bind(message.user_id.as_str())
-        .bind(cmid.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(internal)?;
-        if let Some(row) = existing {
-            let appended = Appended {
-                message: message_from_row(&row)?,
-                duplicate: true,
-            };
-            return Ok((appended, false));
-        }
-    }
-    if let Some(limit) = outbox
-        && limit.full
-    {
-        return Err(StoreError::OutboxFull(limit.pending));
-    }
-    sqlx::query(
-        "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
-            timestamp, created_at, client_message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(message.message_id.as_str())
-    .bind(message.room_id.as_str())
-    .bind(message.user_id.as_str())
-    .bind(message.username.as_str())
-    .bind(message.message.as_str())
-    .bind(message.message_type.as_str())
-    .bind(message.timestamp as i64)
-    .bind(now_ms() as i64)
-    .bind(message.client_message_id.as_ref().map(|c| c.as_str()))
-    .execute(&mut *conn)
-    .await
-    .map_err(internal)?;
-    sqlx::query(
-        "INSERT INTO rooms (room_id, type, private, created_at, updated_at, last_content,
-            last_timestamp, last_sender) VALUES (?, 'group', 0, ?, ?, ?, ?, ?)
-         ON CONFLICT(room_id) DO UPDATE SET updated_at = excluded.updated_at,
-            last_content = excluded.last_content, last_timestamp = excluded.last_timestamp,
-            last_sender = excluded.last_sender",
-    )
-    .bind(message.room_id.as_str())
-    .bind(message.timestamp as i64)
-    .bind(message.timestamp as i64)
-    .bind(message.message.as_str())
-    .bind(message.timestamp as i64)
-    .bind(message.user_id.as_str())
-    .execute(&mut *conn)
-    .await
-    .map_err(internal)?;
-    if outbox.is_some() {
-        outbox_insert_in(conn, &message).await?;
-    }
-    let appended = Appended {
-        message,
-        duplicate: false,
-    };
-    Ok((appended, outbox.is_some()))
-}
-
-async fn outbox_insert_in(
-    conn: &mut SqliteConnection,
-    message: &Message,
+    messages: &[Message],
+    rooms: &[&str],
 ) -> Result<(), StoreError> {
-    let members: Vec<String> = sqlx::query_scalar(
-        "SELECT user_id FROM room_participants WHERE room_id = ? ORDER BY user_id",
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT room_id, user_id FROM room_participants
+         WHERE room_id IN (SELECT value FROM json_each(?)) ORDER BY room_id, user_id",
     )
-    .bind(message.room_id.as_str())
+    .bind(to_json(&rooms)?)
     .fetch_all(&mut *conn)
     .await
     .map_err(internal)?;
-    let sender = message.user_id.as_str();
-    let receivers: Vec<&str> = members
-        .iter()
-        .map(String::as_str)
-        .filter(|u| *u != sender)
-        .collect();
-    // "The other participant of a 2-person room": the sender and exactly one other.
-    let receiver = (members.len() == 2 && receivers.len() == 1).then(|| receivers[0]);
-    let receiver_ids =
-        serde_json::to_string(&receivers).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let mut members: HashMap<String, Vec<String>> = HashMap::new();
+    for (room, user) in rows {
+        members.entry(room).or_default().push(user);
+    }
+    let empty = Vec::new();
+    let mut entries = Vec::with_capacity(messages.len());
+    for m in messages {
+        let all = members.get(m.room_id.as_str()).unwrap_or(&empty);
+        let sender = m.user_id.as_str();
+        let receivers: Vec<&str> = all
+            .iter()
+            .map(String::as_str)
+            .filter(|u| *u != sender)
+            .collect();
+        // "The other participant of a 2-person room": the sender and exactly one other.
+        let receiver = (all.len() == 2 && receivers.len() == 1).then(|| receivers[0]);
+        entries.push((
+            m.message_id.as_str(),
+            m.room_id.as_str(),
+            sender,
+            receiver,
+            to_json(&receivers)?,
+            m.message.as_str(),
+            m.timestamp as i64,
+        ));
+    }
     sqlx::query(
         "INSERT INTO outbox (message_id, room_id, sender_id, receiver_id, receiver_ids, message,
-            timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            timestamp)
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+            json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+            json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+            json_extract(value, '$[6]')
+         FROM json_each(?) ORDER BY key",
     )
-    .bind(message.message_id.as_str())
-    .bind(message.room_id.as_str())
-    .bind(sender)
-    .bind(receiver)
-    .bind(receiver_ids)
-    .bind(message.message.as_str())
-    .bind(message.timestamp as i64)
+    .bind(to_json(&entries)?)
     .execute(&mut *conn)
     .await
     .map_err(internal)?;

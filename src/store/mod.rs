@@ -41,7 +41,9 @@
 //! - A store built without the outbox writes no entries; existing entries stay until a relay
 //!   sends them.
 
+pub mod conformance;
 pub mod embedded;
+pub mod postgres;
 pub mod redis_cache;
 
 use std::sync::Arc;
