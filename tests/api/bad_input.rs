@@ -297,3 +297,84 @@ proptest! {
         let _ = chat_service::transport::ws::parse_frame(&frame.to_string());
     }
 }
+
+/// Opens a WebSocket on `path` over plain TCP (for Socket.IO, through the namespace connect),
+/// sends one text frame whose payload is not UTF-8, and returns whether the server closed the
+/// connection.
+async fn invalid_utf8_closes(addr: std::net::SocketAddr, path: &str, socketio: bool) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    let n = tcp.read(&mut buf).await.unwrap();
+    seen.extend_from_slice(&buf[..n]);
+    if socketio {
+        tcp.write_all(&crate::support::masked_text_frame(b"40"))
+            .await
+            .unwrap();
+        while !seen.windows(3).any(|w| w == b"40{") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    let mut payload = b"42[\"send_message\",{\"roomId\":\"u\",\"message\":\"".to_vec();
+    payload.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28]);
+    payload.extend_from_slice(b"\"}]");
+    tcp.write_all(&crate::support::masked_text_frame(&payload))
+        .await
+        .unwrap();
+    tokio::time::timeout(crate::support::WAIT, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_frames_close_only_that_connection() {
+    let app = spawn_app().await;
+    assert!(
+        invalid_utf8_closes(app.addr, "/ws", false).await,
+        "raw WebSocket"
+    );
+    assert!(
+        invalid_utf8_closes(app.addr, "/socket.io/?EIO=4&transport=websocket", true).await,
+        "Socket.IO over WebSocket"
+    );
+    // Polling: a session's POST whose body is not UTF-8 is refused.
+    let http = reqwest::Client::new();
+    let open = http
+        .get(app.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let handshake: Value = serde_json::from_str(open.trim_start_matches('0')).unwrap();
+    let sid = handshake["sid"].as_str().unwrap();
+    let res = http
+        .post(app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}")))
+        .body(vec![0xffu8, 0xfe, 0xfd])
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_client_error(), "{}", res.status());
+    let mut ok = app.member("still-fine", "utf8").await;
+    ok.say("utf8", "the service is unaffected").await;
+    assert_eq!(
+        app.stored_texts("utf8").await,
+        ["the service is unaffected"]
+    );
+}

@@ -555,7 +555,7 @@ pub async fn stalled_member(
 }
 
 /// A client-to-server WebSocket text frame (masked, as clients must send).
-fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     let mask = [0x12u8, 0x34, 0x56, 0x78];
     let mut frame = vec![0x81u8];
     match payload.len() {
