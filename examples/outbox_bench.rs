@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release --example outbox_bench -- [messages] [amqp-url]`
 //! (defaults: 200000, amqp://guest:guest@127.0.0.1:5672/%2f). Prints events/s.
+//! Before the relay it measures the broker's ceiling in the same run: the same events, read
+//! beforehand, published by the same publisher in batches of the same size to another fresh
+//! queue; the relay's figure is also printed as a fraction of it.
 //! `BENCH_BATCH=n` overrides the relay's batch size; `BENCH_PHASES=1` first times the read,
 //! publish and mark steps of five batches (those events are not part of the figure).
 
@@ -92,6 +95,33 @@ async fn main() -> anyhow::Result<()> {
         total as f64 / fill.as_secs_f64()
     );
 
+    let mut relay_cfg = RelayConfig::default();
+    if let Ok(batch) = std::env::var("BENCH_BATCH") {
+        relay_cfg.batch = batch.parse()?;
+    }
+    // The broker's own ceiling, measured in the same run: the same events, already read and
+    // serialized by nothing but the publisher, in batches of the same size, to another fresh
+    // queue (no store reads, no marking). The relay cannot beat this.
+    let entries = store.outbox_pending(total).await?;
+    let ceiling_queue = format!("bench-ceiling-{:016x}", rand::random::<u64>());
+    let ceiling_publisher = AmqpPublisher::new(AmqpConfig {
+        url: url.clone(),
+        queue: ceiling_queue.clone(),
+        timeout: Duration::from_secs(30),
+    });
+    ceiling_publisher.connect().await?;
+    let started = Instant::now();
+    for batch in entries.chunks(relay_cfg.batch) {
+        ceiling_publisher.publish_batch(batch).await?;
+    }
+    let ceiling = total as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "broker ceiling: {total} pre-read events published with confirms in {:.2?}: {ceiling:.0} events/s",
+        started.elapsed()
+    );
+    drop(entries);
+    ceiling_publisher.close().await;
+
     let queue = format!("bench-{:016x}", rand::random::<u64>());
     let publisher = Arc::new(AmqpPublisher::new(AmqpConfig {
         url: url.clone(),
@@ -99,10 +129,6 @@ async fn main() -> anyhow::Result<()> {
         timeout: Duration::from_secs(30),
     }));
     publisher.connect().await?; // not part of the measurement
-    let mut relay_cfg = RelayConfig::default();
-    if let Ok(batch) = std::env::var("BENCH_BATCH") {
-        relay_cfg.batch = batch.parse()?;
-    }
     if std::env::var("BENCH_PHASES").is_ok() {
         for _ in 0..5 {
             let t = Instant::now();
@@ -131,14 +157,17 @@ async fn main() -> anyhow::Result<()> {
     let drain = started.elapsed();
     stop.cancel();
     relay.await?;
+    let relayed = total as f64 / drain.as_secs_f64();
     println!(
-        "relayed {total} events with publisher confirms in {drain:.2?}: {:.0} events/s",
-        total as f64 / drain.as_secs_f64()
+        "relayed {total} events with publisher confirms in {drain:.2?}: {relayed:.0} events/s ({:.2} of the broker ceiling)",
+        relayed / ceiling
     );
 
     // Check on the broker, then clean up.
     let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
     let chan = conn.create_channel().await?;
+    chan.queue_delete(ceiling_queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
     let q = chan
         .queue_declare(
             queue.as_str().into(),
