@@ -2,10 +2,12 @@
 //! batch committed (the same `append` the chat service awaits before acking a client), then
 //! history reads of 50 messages at the size reached.
 //!
-//! `cargo run --release --example store_bench -- <embedded|postgres> [messages] [writers]`
+//! `cargo run --release --example store_bench -- <embedded|postgres|mongodb> [messages] [writers]`
 //! (defaults: 1000000 messages, 1000 concurrent writers, 1000 rooms). The embedded store
 //! lives in a temp folder; PostgreSQL (`POSTGRES_BENCH_URL`, default
-//! `postgres://postgres@127.0.0.1:5432/test`) in a fresh schema dropped at the end.
+//! `postgres://postgres@127.0.0.1:5432/test`) in a fresh schema dropped at the end; MongoDB
+//! (`MONGODB_BENCH_URI`, default `mongodb://127.0.0.1:27017`) in a fresh database dropped at
+//! the end.
 //! Prints messages/s of the fill and p50/p99/max of `history(room, 50)` over 5000 reads
 //! (newest page and a page before a cursor, random rooms, one reader).
 
@@ -17,6 +19,7 @@ use chat_service::domain::{
 };
 use chat_service::store::MessageStore;
 use chat_service::store::embedded::EmbeddedStore;
+use chat_service::store::mongo::{MongoConfig, MongoStore};
 use chat_service::store::postgres::{PostgresConfig, PostgresStore};
 
 const ROOMS: usize = 1000;
@@ -35,6 +38,8 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pg_url = std::env::var("POSTGRES_BENCH_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mongo_uri =
+        std::env::var("MONGODB_BENCH_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into());
     let schema = format!("bench_{}", MessageId::generate(now_ms()));
     let store: Arc<dyn MessageStore> = match backend.as_str() {
         "embedded" => Arc::new(EmbeddedStore::open(dir.path()).await?),
@@ -45,7 +50,14 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?,
         ),
-        other => anyhow::bail!("unknown backend {other:?} (embedded, postgres)"),
+        "mongodb" => Arc::new(
+            MongoStore::open(MongoConfig {
+                database: Some(schema.clone()),
+                ..MongoConfig::new(mongo_uri.clone())
+            })
+            .await?,
+        ),
+        other => anyhow::bail!("unknown backend {other:?} (embedded, postgres, mongodb)"),
     };
     let rooms: Arc<Vec<RoomId>> = Arc::new(
         (0..ROOMS)
@@ -118,6 +130,13 @@ async fn main() -> anyhow::Result<()> {
         )))
         .execute(&mut conn)
         .await?;
+    }
+    if backend == "mongodb" {
+        mongodb::Client::with_uri_str(&mongo_uri)
+            .await?
+            .database(&schema)
+            .drop()
+            .await?;
     }
     Ok(())
 }

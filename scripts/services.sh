@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Makes sure the servers the tests talk to are running on this machine, starting (and, on a
 # fresh Debian machine, installing) each one that is missing: Redis on 127.0.0.1:6379 and
-# RabbitMQ on 127.0.0.1:5672 (guest/guest). Idempotent; fails loudly when one cannot be had.
+# RabbitMQ on 127.0.0.1:5672 (guest/guest), and, unless MONGODB_TEST_URI names a real MongoDB,
+# the MongoDB stand-in nx-27017 (from .venv, see scripts/setup.sh) on 127.0.0.1:27017 with its
+# SQLite files in a temp folder. Idempotent; fails loudly when one cannot be had.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -29,4 +32,14 @@ if ! port_open 5672; then
   rabbitmq-server -detached
   wait_port 5672 RabbitMQ 60
 fi
-echo "services: Redis and RabbitMQ are up"
+if [ -z "${MONGODB_TEST_URI:-}" ] && ! port_open 27017; then
+  [ -x .venv/bin/nx-27017 ] || { echo "services: .venv/bin/nx-27017 missing: run scripts/setup.sh" >&2; exit 1; }
+  dir="${TMPDIR:-/tmp}/chat-service-nx-27017"
+  rm -rf "$dir"; mkdir -p "$dir" # a fresh start: databases of earlier runs go
+  echo "services: starting the MongoDB stand-in (nx-27017) on 127.0.0.1:27017, files in $dir"
+  .venv/bin/nx-27017 --daemon --host 127.0.0.1 --port 27017 --data-dir "$dir" \
+    --pid-file "$dir/nx-27017.pid" --log-file "$dir/nx-27017.log"
+  wait_port 27017 "nx-27017" 30
+fi
+if [ -n "${MONGODB_TEST_URI:-}" ]; then mongo="MONGODB_TEST_URI"; else mongo="nx-27017 stand-in"; fi
+echo "services: Redis, RabbitMQ and MongoDB ($mongo) are up"

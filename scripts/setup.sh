@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, on a fresh Debian machine:
 # Node.js + npm, Debian's Chromium (browser test), redis-server (multi-instance tests), nginx (deployment test), the e2e npm packages, and the Python venv
-# (.venv/) of the python-socketio client test.
+# (.venv/) of the python-socketio client test and of the MongoDB stand-in (nx-27017).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,12 +31,16 @@ if [ ! -f e2e/node_modules/.package-lock.json ] || [ e2e/package-lock.json -nt e
   (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# Python venv of e2e/python (python-socketio client): created when missing, reinstalled when
-# requirements.txt is newer than the stamp written after the last successful install.
-if [ ! -x .venv/bin/python ] || [ ! -f .venv/.requirements-stamp ] || [ e2e/python/requirements.txt -nt .venv/.requirements-stamp ]; then
-  echo "setup: python venv .venv/ + pip install -r e2e/python/requirements.txt"
+# Python venv (.venv/) of e2e/python (python-socketio client) and of the MongoDB stand-in
+# (nx-27017): created when missing, reinstalled when a requirements file is newer than the
+# stamp written after the last successful install.
+if [ ! -x .venv/bin/python ] || [ ! -f .venv/.requirements-stamp ] \
+  || [ e2e/python/requirements.txt -nt .venv/.requirements-stamp ] \
+  || [ scripts/mongo-standin-requirements.txt -nt .venv/.requirements-stamp ]; then
+  echo "setup: python venv .venv/ + pip install (python-socketio client, nx-27017)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r e2e/python/requirements.txt
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    -r e2e/python/requirements.txt -r scripts/mongo-standin-requirements.txt
   touch .venv/.requirements-stamp
 fi
 

@@ -2,7 +2,8 @@
 # The whole test suite: format, lints, the Rust black-box tests (with the multi-instance ones on
 # a real Redis and the notification ones on a real RabbitMQ, started when not running), the official socket.io-client end-to-end suite
 # (polling, websocket and upgrade, wscat, two instances behind a real nginx) once against one
-# instance and once across two instances, the python-socketio client test, and
+# instance, once across two instances, and once each on the PostgreSQL and MongoDB stores,
+# the python-socketio client test, and
 # the real-browser test of the page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ scripts/setup.sh
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "Redis and RabbitMQ (started when not running)"
+step "Redis, RabbitMQ and the MongoDB stand-in (started when not running)"
 scripts/services.sh
 
 step "cargo fmt --check"
@@ -32,6 +33,12 @@ step "socket.io-client e2e suite"
 
 step "socket.io-client e2e suite across two instances on Redis (E2E_CLUSTER=1)"
 (cd e2e && E2E_CLUSTER=1 npm test)
+
+step "socket.io-client e2e suite on PostgreSQL (E2E_STORAGE=postgres)"
+(cd e2e && E2E_STORAGE=postgres npm test)
+
+step "socket.io-client e2e suite on MongoDB (E2E_STORAGE=mongodb: nx-27017, or MONGODB_TEST_URI)"
+(cd e2e && E2E_STORAGE=mongodb npm test)
 
 step "python-socketio client"
 .venv/bin/python -m unittest discover -s e2e/python -v

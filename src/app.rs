@@ -31,6 +31,7 @@ use crate::events::relay::{OutboxRelay, RelayConfig};
 use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
+use crate::store::mongo::{MongoConfig, MongoStore};
 use crate::store::postgres::{PostgresConfig, PostgresStore};
 use crate::store::redis_cache::RedisCachedStore;
 use crate::store::{MessageStore, OutboxConfig, embedded::EmbeddedStore};
@@ -80,7 +81,18 @@ impl App {
                     })?,
             ),
             StorageKind::Mongo => {
-                anyhow::bail!("STORAGE=mongodb: the MongoDB store is not in this build yet")
+                let uri = cfg
+                    .mongodb_uri
+                    .clone()
+                    .context("MONGODB_URI is required with STORAGE=mongodb")?;
+                Arc::new(
+                    MongoStore::open(MongoConfig {
+                        outbox,
+                        ..MongoConfig::new(uri)
+                    })
+                    .await
+                    .context("MONGODB_URI: cannot open the MongoDB store")?,
+                )
             }
             StorageKind::Postgres => {
                 let url = cfg

@@ -3,7 +3,7 @@
 // Nothing in here sleeps to wait for something: every wait is driven by an
 // event (process output, socket event, ack) and bounded by a timeout.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -28,6 +28,47 @@ const STOP_TIMEOUT = 15000;
 // two, so the whole suite runs across two instances (SPEC 7).
 export const CLUSTER = process.env.E2E_CLUSTER === '1';
 const PEERS = new Map();
+
+// E2E_STORAGE=postgres|mongodb: every server whose test does not pick a store itself runs on
+// that backend (PostgreSQL: POSTGRES_TEST_URL, default the local `test` database; MongoDB: a
+// database of its own on MONGODB_TEST_URI, default the local server or stand-in), so the same
+// tests show the acceptance behaviour on each backend (issue 6). A cluster peer and a restart
+// keep the same database. Default: the embedded store.
+export const STORAGE = process.env.E2E_STORAGE || 'embedded';
+
+function mongoUriWithDb(base, db) {
+  const [rest, query] = base.split('?');
+  const hostsEnd = rest.indexOf('/', rest.indexOf('://') + 3);
+  const hosts = hostsEnd === -1 ? rest : rest.slice(0, hostsEnd);
+  return `${hosts}/${db}${query ? `?${query}` : ''}`;
+}
+
+const pgSchemas = new Set();
+process.on('exit', () => {
+  if (pgSchemas.size === 0) return;
+  const url = process.env.POSTGRES_TEST_URL || 'postgres://postgres@127.0.0.1:5432/test';
+  const drops = [...pgSchemas].map((s) => `DROP SCHEMA IF EXISTS "${s}" CASCADE;`).join(' ');
+  try { execFileSync('psql', [url, '-qc', drops], { stdio: 'ignore' }); } catch { /* best effort */ }
+});
+
+function withStorage(env) {
+  if (STORAGE === 'embedded' || 'STORAGE' in env || 'MONGODB_URI' in env || 'DATABASE_URL' in env) return env;
+  if (STORAGE === 'postgres') {
+    // A schema of its own (made with psql, dropped at exit), so fixed ids such as the README's
+    // room-123 start empty on every run.
+    const url = process.env.POSTGRES_TEST_URL || 'postgres://postgres@127.0.0.1:5432/test';
+    const schema = uid('e2e').replace(/-/g, '_');
+    execFileSync('psql', [url, '-qc', `CREATE SCHEMA "${schema}"`]);
+    pgSchemas.add(schema);
+    const sep = url.includes('?') ? '&' : '?';
+    return { STORAGE: 'postgres', DATABASE_URL: `${url}${sep}options=-c%20search_path%3D${schema}`, ...env };
+  }
+  if (STORAGE === 'mongodb') {
+    const base = process.env.MONGODB_TEST_URI || 'mongodb://127.0.0.1:27017';
+    return { STORAGE: 'mongodb', MONGODB_URI: mongoUriWithDb(base, uid('e2e').replace(/-/g, '_')), ...env };
+  }
+  throw new Error(`E2E_STORAGE=${STORAGE}: expected embedded, postgres or mongodb`);
+}
 
 // The three ways a socket.io-client can talk to the server.
 export const MODES = [
@@ -138,6 +179,7 @@ function launch(env, dataDir, args = []) {
 export async function startServer(env = {}, { args = [], dotenv, cluster = CLUSTER } = {}) {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'chat-e2e-'));
   dataDirs.add(dataDir);
+  env = withStorage(env);
   if (dotenv !== undefined) writeFileSync(path.join(dataDir, '.env'), dotenv);
   if (cluster) {
     await assertRedisUp();

@@ -29,7 +29,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError};
+use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError, receivers_of};
 use crate::domain::{
     ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, NewRoom, Room,
     RoomId, RoomType, UserId, Username, now_ms,
@@ -651,13 +651,7 @@ async fn outbox_insert_all(
     for m in messages {
         let all = members.get(m.room_id.as_str()).unwrap_or(&empty);
         let sender = m.user_id.as_str();
-        let receivers: Vec<&str> = all
-            .iter()
-            .map(String::as_str)
-            .filter(|u| *u != sender)
-            .collect();
-        // "The other participant of a 2-person room": the sender and exactly one other.
-        let receiver = (all.len() == 2 && receivers.len() == 1).then(|| receivers[0]);
+        let (receiver, receivers) = receivers_of(all, sender);
         entries.push((
             m.message_id.as_str(),
             m.room_id.as_str(),

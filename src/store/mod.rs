@@ -43,6 +43,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod mongo;
 pub mod postgres;
 pub mod redis_cache;
 
@@ -101,6 +102,22 @@ pub struct OutboxEntry {
     pub message: String,
     /// The message's timestamp, epoch milliseconds.
     pub timestamp: u64,
+}
+
+/// The receivers of a message's event (SPEC 8), from the room's participants (sorted) at
+/// append time: every participant but the sender, and "the other participant of a 2-person
+/// room" (the sender and exactly one other) as the single receiver.
+pub fn receivers_of<'a, S: AsRef<str>>(
+    participants: &'a [S],
+    sender: &str,
+) -> (Option<&'a str>, Vec<&'a str>) {
+    let others: Vec<&str> = participants
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|u| *u != sender)
+        .collect();
+    let single = (participants.len() == 2 && others.len() == 1).then(|| others[0]);
+    (single, others)
 }
 
 #[async_trait]

@@ -43,7 +43,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError};
+use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError, receivers_of};
 use crate::domain::{
     ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, NewRoom, Room,
     RoomId, RoomType, UserId, Username, now_ms,
@@ -817,14 +817,8 @@ async fn outbox_insert_all(
     let mut receivers = Vec::with_capacity(written.len());
     for m in written {
         let all = members.get(m.room_id.as_str()).unwrap_or(&empty);
-        let sender = m.user_id.as_str();
-        let others: Vec<&str> = all
-            .iter()
-            .map(String::as_str)
-            .filter(|u| *u != sender)
-            .collect();
-        // "The other participant of a 2-person room": the sender and exactly one other.
-        receiver.push((all.len() == 2 && others.len() == 1).then(|| others[0].to_string()));
+        let (single, others) = receivers_of(all, m.user_id.as_str());
+        receiver.push(single.map(str::to_string));
         receivers
             .push(serde_json::to_string(&others).map_err(|e| StoreError::Internal(e.to_string()))?);
     }

@@ -33,7 +33,7 @@ async fn ready_becomes(app: &TestApp, status: u16) -> Value {
 }
 
 /// Collects events until every id of `expected` was seen; returns them in arrival order.
-async fn collect_ids(queue: &mut TestQueue, expected: &HashSet<String>) -> Vec<Value> {
+pub(crate) async fn collect_ids(queue: &mut TestQueue, expected: &HashSet<String>) -> Vec<Value> {
     let mut seen = HashSet::new();
     let mut events = Vec::new();
     while !expected.is_subset(&seen) {
@@ -53,7 +53,7 @@ async fn collect_ids(queue: &mut TestQueue, expected: &HashSet<String>) -> Vec<V
 
 /// Every sent id arrived, nothing else did, and per room the first copies keep the send
 /// order. Returns the number of duplicates (the documented at-least-once window).
-fn check_delivery(sent: &[(String, String)], events: &[Value]) -> usize {
+pub(crate) fn check_delivery(sent: &[(String, String)], events: &[Value]) -> usize {
     let sent_ids: HashSet<&str> = sent.iter().map(|(_, id)| id.as_str()).collect();
     let mut first: HashMap<String, Vec<String>> = HashMap::new();
     let mut seen = HashSet::new();

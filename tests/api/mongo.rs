@@ -1,0 +1,393 @@
+//! `STORAGE=mongodb` against `MONGODB_TEST_URI` (default `mongodb://127.0.0.1:27017`: the
+//! nx-27017 stand-in that scripts/services.sh starts; a real MongoDB when the variable names
+//! one): the conformance suite in a fresh database, documents written by the Node service read
+//! through REST, the app's acceptance behaviours through `spawn_app_with(["--storage",
+//! "mongodb", ..])`, an outage through a TCP proxy, and two instances relaying the outbox of one
+//! database. A missing server fails these tests (never skipped).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chat_service::domain::{MessageId, now_ms};
+use chat_service::store::conformance::{self, Backend};
+use chat_service::store::mongo::{MongoConfig, MongoStore};
+use chat_service::store::{MessageStore, OutboxConfig, StoreError};
+use mongodb::bson::{DateTime, doc, oid::ObjectId};
+use serde_json::json;
+
+use crate::broker::{BROKER, TestQueue};
+use crate::notifications::{check_delivery, collect_ids};
+use crate::support::{TcpProxy, spawn_app_with};
+
+fn base_uri() -> String {
+    std::env::var("MONGODB_TEST_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
+}
+
+/// `base_uri()` with its database replaced by `db` (options kept).
+fn uri_with_db(db: &str) -> String {
+    let base = base_uri();
+    let (rest, query) = match base.split_once('?') {
+        Some((r, q)) => (r.to_string(), Some(q.to_string())),
+        None => (base.clone(), None),
+    };
+    let scheme_end = rest.find("://").map_or(0, |i| i + 3);
+    let hosts_end = rest[scheme_end..]
+        .find('/')
+        .map_or(rest.len(), |i| scheme_end + i);
+    let mut uri = format!("{}/{db}", &rest[..hosts_end]);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        uri.push('?');
+        uri.push_str(&q);
+    }
+    uri
+}
+
+/// A unique name for this run's databases, rooms and users.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", MessageId::generate(now_ms()))
+}
+
+async fn client() -> mongodb::Client {
+    mongodb::Client::with_uri_str(base_uri())
+        .await
+        .expect("a MongoDB client for MONGODB_TEST_URI")
+}
+
+async fn drop_database(db: &str) {
+    client()
+        .await
+        .database(db)
+        .drop()
+        .await
+        .expect("drop the test database");
+}
+
+/// The MongoDB store in a database of its own (dropped at the end of the test).
+struct Mongo {
+    db: String,
+}
+
+#[async_trait]
+impl Backend for Mongo {
+    async fn open(
+        &self,
+        outbox: Option<OutboxConfig>,
+    ) -> Result<Arc<dyn MessageStore>, StoreError> {
+        Ok(Arc::new(
+            MongoStore::open(MongoConfig {
+                database: Some(self.db.clone()),
+                outbox,
+                ..MongoConfig::new(base_uri())
+            })
+            .await?,
+        ))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn mongo_store_passes_the_conformance_suite() {
+    let backend = Mongo {
+        db: unique("chat_test_"),
+    };
+    conformance::run_all(&backend).await;
+    drop_database(&backend.db).await;
+}
+
+#[tokio::test]
+async fn documents_written_by_the_node_service_are_read_through_rest() {
+    let db_name = unique("chat_node_");
+    let db = client().await.database(&db_name);
+    let (room, alice, bob, eve) = (
+        unique("node-room-"),
+        unique("node-a-"),
+        unique("node-b-"),
+        unique("node-e-"),
+    );
+    // Exactly the Node service's shapes (README "Database Schema"): ObjectId ids, Dates, no
+    // clientMessageId, no isPrivate, Mongoose's __v.
+    let base = 1_700_000_000_000_i64;
+    let ids: Vec<ObjectId> = (0..5).map(|_| ObjectId::new()).collect();
+    let docs: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (user, name) = if i % 2 == 0 {
+                (&alice, "Alice")
+            } else {
+                (&bob, "Bob")
+            };
+            doc! {
+                "_id": *id, "roomId": &room, "userId": user, "username": name,
+                "message": format!("node message {i}"), "messageType": "text",
+                "timestamp": DateTime::from_millis(base + i as i64 * 1000),
+                "createdAt": DateTime::from_millis(base + i as i64 * 1000), "__v": 0,
+            }
+        })
+        .collect();
+    db.collection("messages")
+        .insert_many(docs)
+        .await
+        .expect("seed messages");
+    db.collection("rooms")
+        .insert_one(doc! {
+            "_id": ObjectId::new(), "roomId": &room, "type": "direct",
+            "participants": [&alice, &bob],
+            "lastMessage": {"content": "node message 4", "timestamp": DateTime::from_millis(base + 4000), "senderId": &alice},
+            "createdAt": DateTime::from_millis(base), "updatedAt": DateTime::from_millis(base + 4000), "__v": 0,
+        })
+        .await
+        .expect("seed the room");
+
+    let uri = uri_with_db(&db_name);
+    let mut app = spawn_app_with(&["--storage", "mongodb", "--mongodb-uri", &uri]).await;
+    let as_alice = [("x-user-id", alice.as_str())];
+    let (status, page) = app
+        .get_with(&format!("/api/chat/{room}/history?limit=3"), &as_alice)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let messages = page["messages"].as_array().expect("messages");
+    let got: Vec<_> = messages
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<_> = ids[2..].iter().map(|id| id.to_hex()).collect();
+    assert_eq!(
+        got, want,
+        "the newest three, oldest first, ids as hex: {page}"
+    );
+    assert_eq!(messages[0]["message"], "node message 2");
+    assert_eq!(messages[0]["username"], "Alice");
+    assert_eq!(messages[0]["userId"], alice.as_str());
+    assert_eq!(messages[0]["messageType"], "text");
+    assert_eq!(messages[0]["timestamp"], base + 2000, "{page}");
+    let (status, older) = app
+        .get_with(
+            &format!("/api/chat/{room}/history?limit=10&before={}", want[0]),
+            &as_alice,
+        )
+        .await;
+    assert_eq!(status, 200, "{older}");
+    assert_eq!(older["messages"].as_array().unwrap().len(), 2, "{older}");
+    assert_eq!(older["messages"][0]["messageId"], ids[0].to_hex());
+
+    // The Node room: listed for its participants with its lastMessage, private to them.
+    let (status, rooms) = app.get_with("/api/chat/rooms", &as_alice).await;
+    assert_eq!(status, 200, "{rooms}");
+    assert_eq!(rooms["rooms"][0]["roomId"], room.as_str(), "{rooms}");
+    assert_eq!(rooms["rooms"][0]["type"], "direct");
+    assert_eq!(
+        rooms["rooms"][0]["lastMessage"]["content"],
+        "node message 4"
+    );
+    assert_eq!(rooms["rooms"][0]["lastMessage"]["timestamp"], base + 4000);
+    let (status, body) = app
+        .get_with(&format!("/api/chat/rooms/{room}"), &[("x-user-id", &eve)])
+        .await;
+    assert_eq!(
+        status, 403,
+        "a Node room with participants is private: {body}"
+    );
+
+    // New messages go after the Node ones and move the room's lastMessage.
+    let mut a = app.member(&alice, &room).await;
+    let ack = a.say(&room, "from the new service").await;
+    let (status, all) = app
+        .get_with(&format!("/api/chat/{room}/history?limit=100"), &as_alice)
+        .await;
+    assert_eq!(status, 200, "{all}");
+    let texts: Vec<_> = all["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts.len(), 6, "{all}");
+    assert_eq!(texts[5], "from the new service");
+    let (_, rooms) = app
+        .get_with("/api/chat/rooms", &[("x-user-id", bob.as_str())])
+        .await;
+    assert_eq!(
+        rooms["rooms"][0]["lastMessage"]["content"], "from the new service",
+        "{rooms}"
+    );
+    let stored = db
+        .collection::<mongodb::bson::Document>("messages")
+        .find_one(doc! {"_id": ObjectId::parse_str(ack["messageId"].as_str().unwrap()).unwrap()})
+        .await
+        .expect("find")
+        .expect("the new message is a document");
+    assert!(
+        matches!(
+            stored.get("timestamp"),
+            Some(mongodb::bson::Bson::DateTime(_))
+        ),
+        "written in the Node service's shape: {stored}"
+    );
+    assert_eq!(stored.get_str("roomId").unwrap(), room);
+    drop(a);
+    app.stop().await;
+    drop_database(&db_name).await;
+}
+
+#[tokio::test]
+async fn app_on_mongodb_keeps_messages_rooms_and_idempotency_across_a_restart() {
+    let db_name = unique("chat_app_");
+    let uri = uri_with_db(&db_name);
+    let app = spawn_app_with(&["--storage", "mongodb", "--mongodb-uri", &uri]).await;
+    let (room, a, b) = (unique("mg-room-"), unique("mg-a-"), unique("mg-b-"));
+    let (status, ready) = app.get("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+
+    let mut alice = app.member(&a, &room).await;
+    let first = alice
+        .emit_ack(
+            "send_message",
+            json!({"roomId": room, "message": "before restart", "clientMessageId": "k1"}),
+        )
+        .await;
+    assert_eq!(first["success"], true, "{first}");
+    alice.say(&room, "second").await;
+    let (status, _) = app
+        .post(
+            "/api/chat/rooms",
+            &json!({"type": "direct", "participants": [a, b]}),
+            &[("x-user-id", a.as_str())],
+        )
+        .await;
+    assert_eq!(status, 201);
+    drop(alice);
+
+    let mut app = app.restart().await;
+    assert_eq!(app.stored_texts(&room).await, ["before restart", "second"]);
+    let mut alice = app.member(&a, &room).await;
+    let again = alice
+        .emit_ack(
+            "send_message",
+            json!({"roomId": room, "message": "before restart", "clientMessageId": "k1"}),
+        )
+        .await;
+    assert_eq!(again, first, "the idempotency key survives the restart");
+    assert_eq!(app.stored_texts(&room).await.len(), 2);
+    let (_, body) = app
+        .get_with("/api/chat/rooms", &[("x-user-id", b.as_str())])
+        .await;
+    assert_eq!(body["rooms"][0]["type"], "direct", "{body}");
+    drop(alice);
+    app.stop().await;
+    drop_database(&db_name).await;
+}
+
+/// The first host:port of the test URI (the proxy's upstream).
+fn upstream() -> std::net::SocketAddr {
+    let base = base_uri();
+    let after_scheme = base.split("://").nth(1).unwrap_or("127.0.0.1:27017");
+    let hosts = after_scheme.split(['/', '?']).next().unwrap_or_default();
+    let host = hosts.rsplit('@').next().unwrap_or_default();
+    let first = host.split(',').next().unwrap_or("127.0.0.1:27017");
+    let first = if first.contains(':') {
+        first.to_string()
+    } else {
+        format!("{first}:27017")
+    };
+    use std::net::ToSocketAddrs;
+    first
+        .to_socket_addrs()
+        .expect("resolve the MongoDB host")
+        .next()
+        .expect("an address")
+}
+
+#[tokio::test]
+async fn database_outage_fails_sends_fast_shows_in_ready_and_heals_by_itself() {
+    let proxy = TcpProxy::start(upstream()).await;
+    let db_name = unique("chat_outage_");
+    let uri = format!("mongodb://{}/{db_name}?directConnection=true", proxy.addr);
+    let mut app = spawn_app_with(&["--storage", "mongodb", "--mongodb-uri", &uri]).await;
+    let (room, user) = (unique("mg-outage-"), unique("mg-u-"));
+    let mut alice = app.member(&user, &room).await;
+    alice.say(&room, "before").await;
+
+    proxy.cut();
+    let started = Instant::now();
+    let ack = alice
+        .emit_ack("send_message", json!({"roomId": room, "message": "during"}))
+        .await;
+    assert_eq!(ack["success"], false, "{ack}");
+    assert_eq!(ack["error"]["code"], "unavailable", "{ack}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the send failed fast: {:?}",
+        started.elapsed()
+    );
+    let (status, body) = app.get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["dependencies"]["store"]["status"], "down", "{body}");
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = app.get("/ready").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "store did not come back: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ack = alice
+        .emit_ack("send_message", json!({"roomId": room, "message": "after"}))
+        .await;
+    assert_eq!(ack["success"], true, "{ack}");
+    assert_eq!(app.stored_texts(&room).await, ["before", "after"]);
+    drop(alice);
+    app.stop().await;
+    drop_database(&db_name).await;
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_relay_each_event_once() {
+    let mut queue = TestQueue::new().await;
+    let db_name = unique("chat_relay_");
+    let uri = uri_with_db(&db_name);
+    let start = || {
+        let mut args = queue.args(BROKER);
+        args.extend(
+            ["--storage", "mongodb", "--mongodb-uri", &uri]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            spawn_app_with(&args).await
+        }
+    };
+    let (mut one, mut two) = (start().await, start().await);
+    let (r1, r2) = (unique("mg-inst-1-"), unique("mg-inst-2-"));
+    let mut a = one.member("a", &r1).await;
+    let mut b = two.member("b", &r2).await;
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        for (client, room) in [(&mut a, &r1), (&mut b, &r2)] {
+            let ack = client.say(room, &format!("{room} {i}")).await;
+            sent.push((room.clone(), ack["messageId"].as_str().unwrap().to_string()));
+        }
+    }
+    let ids: HashSet<String> = sent.iter().map(|(_, id)| id.clone()).collect();
+    let mut events = collect_ids(&mut queue, &ids).await;
+    // Anything published twice would follow shortly.
+    while let Some(e) = queue.next_within(Duration::from_millis(500)).await {
+        events.push(e);
+    }
+    assert_eq!(check_delivery(&sent, &events), 0, "no double publishing");
+    assert_eq!(events[0]["eventType"], "message.sent", "{}", events[0]);
+    drop((a, b));
+    one.stop().await;
+    two.stop().await;
+    queue.delete().await;
+    drop_database(&db_name).await;
+}
