@@ -29,7 +29,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError, receivers_of};
+use super::{
+    Appended, Key, MessageStore, OutboxConfig, OutboxEntry, StoreError, key_of, receivers_of,
+};
 use crate::domain::{
     ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, NewRoom, Room,
     RoomId, RoomType, UserId, Username, now_ms,
@@ -455,18 +457,6 @@ struct OutboxCount {
 }
 
 type AppendReply = oneshot::Sender<Result<Appended, StoreError>>;
-type Key = (String, String, String);
-
-fn key_of(m: &Message) -> Option<Key> {
-    m.client_message_id.as_ref().map(|c| {
-        (
-            m.room_id.as_str().to_string(),
-            m.user_id.as_str().to_string(),
-            c.as_str().to_string(),
-        )
-    })
-}
-
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
 }

@@ -104,6 +104,20 @@ pub struct OutboxEntry {
     pub timestamp: u64,
 }
 
+/// An idempotency key: `(roomId, userId, clientMessageId)`.
+pub(crate) type Key = (String, String, String);
+
+/// The idempotency key of a message that has a client message id.
+pub(crate) fn key_of(m: &Message) -> Option<Key> {
+    m.client_message_id.as_ref().map(|c| {
+        (
+            m.room_id.as_str().to_string(),
+            m.user_id.as_str().to_string(),
+            c.as_str().to_string(),
+        )
+    })
+}
+
 /// The receivers of a message's event (SPEC 8), from the room's participants (sorted) at
 /// append time: every participant but the sender, and "the other participant of a 2-person
 /// room" (the sender and exactly one other) as the single receiver.

@@ -60,7 +60,9 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError, receivers_of};
+use super::{
+    Appended, Key, MessageStore, OutboxConfig, OutboxEntry, StoreError, key_of, receivers_of,
+};
 use crate::domain::{
     ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, NewRoom, Room,
     RoomId, RoomType, UserId, Username, now_ms,
@@ -965,18 +967,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-type Key = (String, String, String);
-
-fn key_of(m: &Message) -> Option<Key> {
-    m.client_message_id.as_ref().map(|c| {
-        (
-            m.room_id.as_str().to_string(),
-            m.user_id.as_str().to_string(),
-            c.as_str().to_string(),
-        )
-    })
 }
 
 #[async_trait]

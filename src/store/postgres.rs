@@ -43,7 +43,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError, receivers_of};
+use super::{
+    Appended, Key, MessageStore, OutboxConfig, OutboxEntry, StoreError, key_of, receivers_of,
+};
 use crate::domain::{
     ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, NewRoom, Room,
     RoomId, RoomType, UserId, Username, now_ms,
@@ -570,18 +572,6 @@ async fn commit_batch(pool: &PgPool, ops: Vec<Write>, outbox: &OutboxState, reco
 struct Delta {
     pending: u64,
     added: u64,
-}
-
-type Key = (String, String, String);
-
-fn key_of(m: &Message) -> Option<Key> {
-    m.client_message_id.as_ref().map(|c| {
-        (
-            m.room_id.as_str().to_string(),
-            m.user_id.as_str().to_string(),
-            c.as_str().to_string(),
-        )
-    })
 }
 
 /// Consecutive appends of a batch: idempotency lookup, messages, rooms, outbox, each one

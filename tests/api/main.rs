@@ -17,4 +17,5 @@ mod raw_ws;
 mod redis_outage;
 mod rest;
 mod socket_events;
+mod stores;
 mod validation;

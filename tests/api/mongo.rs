@@ -7,18 +7,19 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_service::domain::{MessageId, now_ms};
 use chat_service::store::conformance::{self, Backend};
 use chat_service::store::mongo::{MongoConfig, MongoStore};
 use chat_service::store::{MessageStore, OutboxConfig, StoreError};
 use mongodb::bson::{DateTime, doc, oid::ObjectId};
-use serde_json::json;
 
 use crate::broker::{BROKER, TestQueue};
 use crate::notifications::{check_delivery, collect_ids};
+use crate::stores::{
+    outage_fails_fast_and_heals, restart_keeps_messages_rooms_and_idempotency, unique,
+};
 use crate::support::{TcpProxy, spawn_app_with};
 
 fn base_uri() -> String {
@@ -42,11 +43,6 @@ fn uri_with_db(db: &str) -> String {
         uri.push_str(&q);
     }
     uri
-}
-
-/// A unique name for this run's databases, rooms and users.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", MessageId::generate(now_ms()))
 }
 
 async fn client() -> mongodb::Client {
@@ -239,46 +235,13 @@ async fn documents_written_by_the_node_service_are_read_through_rest() {
 async fn app_on_mongodb_keeps_messages_rooms_and_idempotency_across_a_restart() {
     let db_name = unique("chat_app_");
     let uri = uri_with_db(&db_name);
-    let app = spawn_app_with(&["--storage", "mongodb", "--mongodb-uri", &uri]).await;
-    let (room, a, b) = (unique("mg-room-"), unique("mg-a-"), unique("mg-b-"));
-    let (status, ready) = app.get("/ready").await;
-    assert_eq!(status, 200, "{ready}");
-
-    let mut alice = app.member(&a, &room).await;
-    let first = alice
-        .emit_ack(
-            "send_message",
-            json!({"roomId": room, "message": "before restart", "clientMessageId": "k1"}),
-        )
-        .await;
-    assert_eq!(first["success"], true, "{first}");
-    alice.say(&room, "second").await;
-    let (status, _) = app
-        .post(
-            "/api/chat/rooms",
-            &json!({"type": "direct", "participants": [a, b]}),
-            &[("x-user-id", a.as_str())],
-        )
-        .await;
-    assert_eq!(status, 201);
-    drop(alice);
-
-    let mut app = app.restart().await;
-    assert_eq!(app.stored_texts(&room).await, ["before restart", "second"]);
-    let mut alice = app.member(&a, &room).await;
-    let again = alice
-        .emit_ack(
-            "send_message",
-            json!({"roomId": room, "message": "before restart", "clientMessageId": "k1"}),
-        )
-        .await;
-    assert_eq!(again, first, "the idempotency key survives the restart");
-    assert_eq!(app.stored_texts(&room).await.len(), 2);
-    let (_, body) = app
-        .get_with("/api/chat/rooms", &[("x-user-id", b.as_str())])
-        .await;
-    assert_eq!(body["rooms"][0]["type"], "direct", "{body}");
-    drop(alice);
+    let mut app = restart_keeps_messages_rooms_and_idempotency(&[
+        "--storage",
+        "mongodb",
+        "--mongodb-uri",
+        &uri,
+    ])
+    .await;
     app.stop().await;
     drop_database(&db_name).await;
 }
@@ -308,43 +271,8 @@ async fn database_outage_fails_sends_fast_shows_in_ready_and_heals_by_itself() {
     let proxy = TcpProxy::start(upstream()).await;
     let db_name = unique("chat_outage_");
     let uri = format!("mongodb://{}/{db_name}?directConnection=true", proxy.addr);
-    let mut app = spawn_app_with(&["--storage", "mongodb", "--mongodb-uri", &uri]).await;
-    let (room, user) = (unique("mg-outage-"), unique("mg-u-"));
-    let mut alice = app.member(&user, &room).await;
-    alice.say(&room, "before").await;
-
-    proxy.cut();
-    let started = Instant::now();
-    let ack = alice
-        .emit_ack("send_message", json!({"roomId": room, "message": "during"}))
-        .await;
-    assert_eq!(ack["success"], false, "{ack}");
-    assert_eq!(ack["error"]["code"], "unavailable", "{ack}");
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "the send failed fast: {:?}",
-        started.elapsed()
-    );
-    let (status, body) = app.get("/ready").await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["dependencies"]["store"]["status"], "down", "{body}");
-
-    proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = app.get("/ready").await;
-        if status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "store did not come back: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let ack = alice
-        .emit_ack("send_message", json!({"roomId": room, "message": "after"}))
-        .await;
-    assert_eq!(ack["success"], true, "{ack}");
-    assert_eq!(app.stored_texts(&room).await, ["before", "after"]);
-    drop(alice);
+    let mut app =
+        outage_fails_fast_and_heals(&["--storage", "mongodb", "--mongodb-uri", &uri], &proxy).await;
     app.stop().await;
     drop_database(&db_name).await;
 }
