@@ -352,6 +352,17 @@ fn outbox_entry_from_doc(doc: &Document) -> Result<OutboxEntry, StoreError> {
     })
 }
 
+/// Every document a `find` returns.
+async fn all(
+    find: impl std::future::IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<Document>>>,
+) -> Result<Vec<Document>, StoreError> {
+    find.await
+        .map_err(db_error)?
+        .try_collect()
+        .await
+        .map_err(db_error)
+}
+
 fn direct_key(participants: &[UserId]) -> String {
     participants
         .iter()
@@ -506,17 +517,13 @@ impl MongoStore {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         bounded(BATCH_TIMEOUT, "reading messages", async {
-            let docs: Vec<Document> = self
+            let docs: Vec<Document> = all(self
                 .messages
                 .find(filter)
                 .sort(sort)
                 .limit(limit.min(i64::MAX as usize) as i64)
-                .projection(doc! {"outbox": 0})
-                .await
-                .map_err(db_error)?
-                .try_collect()
-                .await
-                .map_err(db_error)?;
+                .projection(doc! {"outbox": 0}))
+            .await?;
             docs.iter().map(message_from_doc).collect()
         })
         .await
@@ -826,15 +833,11 @@ impl Writer {
     }
 
     async fn participants(&self, ids: &[&str]) -> Result<HashMap<String, Vec<String>>, StoreError> {
-        let docs: Vec<Document> = self
+        let docs: Vec<Document> = all(self
             .rooms
             .find(doc! {"roomId": {"$in": ids}})
-            .projection(doc! {"roomId": 1, "participants": 1})
-            .await
-            .map_err(db_error)?
-            .try_collect()
-            .await
-            .map_err(db_error)?;
+            .projection(doc! {"roomId": 1, "participants": 1}))
+        .await?;
         Ok(docs
             .iter()
             .filter_map(|d| {
@@ -870,15 +873,11 @@ impl Writer {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let docs: Vec<Document> = self
+        let docs: Vec<Document> = all(self
             .messages
             .find(doc! {"$or": keys})
-            .projection(doc! {"outbox": 0})
-            .await
-            .map_err(db_error)?
-            .try_collect()
-            .await
-            .map_err(db_error)?;
+            .projection(doc! {"outbox": 0}))
+        .await?;
         docs.iter()
             .map(message_from_doc)
             .filter_map(|m| match m {
@@ -1119,15 +1118,12 @@ impl MessageStore for MongoStore {
 
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError> {
         let docs: Vec<Document> = bounded(BATCH_TIMEOUT, "listing rooms", async {
-            self.rooms
+            all(self
+                .rooms
                 .find(doc! {"participants": user.as_str()})
                 .sort(doc! {"updatedAt": -1})
-                .limit(1000)
-                .await
-                .map_err(db_error)?
-                .try_collect()
-                .await
-                .map_err(db_error)
+                .limit(1000))
+            .await
         })
         .await?;
         let mut rooms = docs
@@ -1145,17 +1141,14 @@ impl MessageStore for MongoStore {
         let limit = limit.clamp(1, 100_000) as i64;
         bounded(BATCH_TIMEOUT, "claiming outbox entries", async {
             let now = DateTime::now();
-            let candidates: Vec<Document> = self
+            let candidates: Vec<Document> = all(self
                 .messages
                 .find(self.claimable(now))
                 .sort(doc! {"outbox.seq": 1})
                 .limit(limit)
                 .projection(doc! {"_id": 1})
-                .await
-                .map_err(db_error)?
-                .try_collect()
-                .await
-                .map_err(db_error)?;
+            )
+            .await?;
             if !candidates.is_empty() {
                 let ids: Vec<Bson> = candidates
                     .iter()
@@ -1171,16 +1164,13 @@ impl MessageStore for MongoStore {
                     .await
                     .map_err(db_error)?;
             }
-            let mine: Vec<Document> = self
+            let mine: Vec<Document> = all(self
                 .messages
                 .find(doc! {"outbox.seq": {"$exists": true}, "outbox.claimedBy": &self.owner})
                 .sort(doc! {"outbox.seq": 1})
                 .limit(limit)
-                .await
-                .map_err(db_error)?
-                .try_collect()
-                .await
-                .map_err(db_error)?;
+            )
+            .await?;
             mine.iter().map(outbox_entry_from_doc).collect()
         })
         .await
