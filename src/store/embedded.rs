@@ -43,6 +43,9 @@ const MAX_BATCH: usize = 4096;
 /// The writer's page cache (`PRAGMA cache_size`, negative = KiB): 64 MiB.
 const WRITER_CACHE: &str = "-65536";
 
+/// Least time between two checkpoints of the checkpointer task.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// WAL length (frames of one page) past which the writer finishes a checkpoint itself: 4 MiB
 /// of 4 KiB pages.
 const WAL_FRAMES_LIMIT: i64 = 1024;
@@ -379,8 +382,9 @@ struct Checkpoints {
 }
 
 /// Copies committed WAL pages into the database file (`PASSIVE`: never blocks the writer or
-/// readers), once per wake-up; commits during a checkpoint wake it once more, so under load it
-/// runs back to back.
+/// readers) after a commit, at most once per `CHECKPOINT_INTERVAL`: each checkpoint costs an
+/// fsync of the database file, and at low rates (many small commits) one per commit would
+/// double the fsyncs. Commits during a checkpoint or the pause wake it once more.
 async fn run_checkpointer(
     mut conn: SqliteConnection,
     committed: Arc<Notify>,
@@ -389,6 +393,7 @@ async fn run_checkpointer(
     loop {
         committed.notified().await;
         checkpoint(&mut conn, &frames).await;
+        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
     }
 }
 
