@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::MapRequestLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::auth::{Authenticator, grpc::GrpcAuth, jwt::JwtAuth, none::NoAuth};
@@ -225,6 +226,7 @@ impl App {
             .merge(page::router())
             .merge(ws_routes)
             .layer(sio_layer)
+            .layer(MapRequestLayer::new(socketio::compact_request))
             .layer(DefaultBodyLimit::max(cfg.max_payload_bytes as usize))
             .layer(cors_layer(&cfg.cors));
 

@@ -6,6 +6,10 @@ use chat_service::app::{App, shutdown_signal};
 use chat_service::config::Config;
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = match Config::load() {
