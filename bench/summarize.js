@@ -1,5 +1,7 @@
 // Reads bench/results/<scenario>-<server>-<run>.json and prints a markdown table: the median of
-// the runs for each server and the ratio chat-service / Node.js reference.
+// the runs for each server and the ratio chat-service / Node.js reference. Ramp results
+// (bench/run.sh with RAMP=1, <scenario> = e.g. s2-ramp) get their own table: the maximum
+// sustainable rate and the figures of the last passing ("best") step.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -50,6 +52,10 @@ if (!first) {
   console.log(`no results for ${scenario}`);
   process.exit(1);
 }
+if (first.ramp) {
+  summarizeRamp();
+  process.exit(0);
+}
 console.log(`### ${scenario}: ${first.connections} connections, rooms of ${first.room_size}, ` +
   `${first.offered_rate} msg/s offered, ${first.duration_s} s measured (+${first.warmup_s} s warm-up), ` +
   `${first.message_size}-byte messages, protocol ${first.protocol}`);
@@ -71,4 +77,62 @@ for (const server of servers) {
     `cpu µs/delivery ${fmt(s.server.cpu_us_per_delivery)}, p99 ${fmt(s.latency_ms.p99)} ms, ` +
     `RSS ${s.server.rss_kb_start} KB, passed ${s.passed}`).join(' | '));
   console.log('');
+}
+
+// A ramp JSON is {ramp, p99_max_ms, max_sustainable_rate, best, steps}: `best` and each step
+// are summaries like a fixed-rate result (offered_rate, delivered_per_s, latency_ms, ...), and
+// `best` is null when not even the first step passed.
+function summarizeRamp() {
+  const steps0 = first.steps[0] || {};
+  const factor = first.steps.length > 1 ? first.steps[1].offered_rate / first.steps[0].offered_rate : null;
+  console.log(`### ${scenario}: ${steps0.connections} connections, rooms of ${steps0.room_size}, ` +
+    `rate from ${fmt(steps0.offered_rate)} msg/s` + (factor ? ` (x ${fmt(factor)} per step)` : '') +
+    ` until delivery < 100% or p99 > ${first.p99_max_ms} ms, ${steps0.duration_s} s measured ` +
+    `(+${steps0.warmup_s} s warm-up) per step, ${steps0.message_size}-byte messages, protocol ${steps0.protocol}`);
+  console.log('');
+  const loads = [...results.rust, ...results.node].map((r) => {
+    const s = r.steps[r.steps.length - 1];
+    return s ? s.load_average : 'n/a';
+  });
+  console.log(`Median of ${results.rust.length} (chat-service) / ${results.node.length} (Node.js) runs. ` +
+    `A run where not even the first step passed counts as 0 msg/s; the best-step rows are the ` +
+    `median over the runs that have a passing step. Load averages at the end of each ramp: ${loads.join('; ')}`);
+  console.log('');
+  // Deliveries/s of the best step = the sustainable fan-out (the S2 target is in deliveries/s).
+  const rampRows = [
+    ['max sustainable rate (msg/s)', (r) => r.max_sustainable_rate ?? 0],
+    ['steps run', (r) => r.steps.length],
+    ['best step: delivered / s', (r) => r.best && r.best.delivered_per_s],
+    ['best step: delivery ratio', (r) => r.best && r.best.delivery_ratio],
+    ['best step: latency p50 (ms)', (r) => r.best && r.best.latency_ms.p50],
+    ['best step: latency p90 (ms)', (r) => r.best && r.best.latency_ms.p90],
+    ['best step: latency p99 (ms)', (r) => r.best && r.best.latency_ms.p99],
+    ['best step: latency p99.9 (ms)', (r) => r.best && r.best.latency_ms.p99_9],
+    ['best step: latency max (ms)', (r) => r.best && r.best.latency_ms.max],
+    ['best step: server CPU (s)', (r) => r.best && r.best.server.cpu_seconds],
+    ['best step: server CPU µs / delivery', (r) => r.best && r.best.server.cpu_us_per_delivery],
+    ['best step: server RSS at end (KB)', (r) => r.best && r.best.server.rss_kb_end],
+  ];
+  console.log('| metric | chat-service | Node.js reference | ratio (chat-service / Node) |');
+  console.log('| --- | ---: | ---: | ---: |');
+  for (const [name, get] of rampRows) {
+    const r = median(results.rust.map(get));
+    const n = median(results.node.map(get));
+    const ratio = r !== null && n ? r / n : null;
+    console.log(`| ${name} | ${fmt(r)} | ${fmt(n)} | ${ratio === null ? 'n/a' : fmt(ratio)} |`);
+  }
+  console.log('');
+  // Every step of every run: offered -> delivered/s, delivery ratio, p99, pass or fail.
+  for (const server of servers) {
+    results[server].forEach((r, i) => {
+      // When the last step passed too, the ramp ran out of steps before finding the limit.
+      const last = r.steps[r.steps.length - 1];
+      const bound = last && last.passed ? ' (every step passed: a lower bound, raise RAMP_STEPS)' : '';
+      console.log(`${server} run ${i + 1}: max sustainable ${fmt(r.max_sustainable_rate)} msg/s${bound}; steps: ` +
+        r.steps.map((s) => `${fmt(s.offered_rate)} msg/s -> ${fmt(s.delivered_per_s)} deliveries/s, ` +
+          `delivery ${fmt(s.delivery_ratio)}, p99 ${fmt(s.latency_ms.p99)} ms, ` +
+          `cpu µs/delivery ${fmt(s.server.cpu_us_per_delivery)}, ${s.passed ? 'pass' : 'FAIL'}`).join(' | '));
+      console.log('');
+    });
+  }
 }

@@ -1,7 +1,10 @@
 // Minimal Socket.IO v4 chat server with the events and payloads of chat-service (SPEC 2):
 // the Node.js stack chat-service replaces, reduced to what chat-bench exercises. In memory
-// only (no MongoDB, no Redis): the last 50 messages per room are kept for message_history.
+// only (no MongoDB): the last 50 messages per room are kept for message_history.
 // PORT env (default 5005; 0 picks a free port); prints `listening on http://127.0.0.1:<port>`.
+// REDIS_URL env (optional): several instances share room broadcasts through the official
+// @socket.io/redis-adapter, for the two-instance benchmark (bench/run.sh s4); history and
+// the member lists of room_users stay per instance.
 'use strict';
 
 const http = require('http');
@@ -139,12 +142,32 @@ io.on('connection', (socket) => {
   });
 });
 
-server.listen(Number(process.env.PORT ?? 5005), process.env.HOST || '127.0.0.1', () => {
-  console.log(`listening on http://127.0.0.1:${server.address().port}`);
+// With REDIS_URL, the adapter is connected before listening, so the `listening` line (which
+// bench/run.sh waits for) means that broadcasts already reach the other instances.
+let redisClients = [];
+async function start() {
+  if (process.env.REDIS_URL) {
+    const { createClient } = require('redis');
+    const { createAdapter } = require('@socket.io/redis-adapter');
+    const pubClient = createClient({ url: process.env.REDIS_URL });
+    const subClient = pubClient.duplicate();
+    for (const c of [pubClient, subClient]) c.on('error', (e) => console.error('redis:', e.message));
+    await Promise.all([pubClient.connect(), subClient.connect()]);
+    redisClients = [pubClient, subClient];
+    io.adapter(createAdapter(pubClient, subClient));
+  }
+  server.listen(Number(process.env.PORT ?? 5005), process.env.HOST || '127.0.0.1', () => {
+    console.log(`listening on http://127.0.0.1:${server.address().port}`);
+  });
+}
+start().catch((e) => {
+  console.error(e);
+  process.exit(1);
 });
 
 function stop() {
   io.close();
+  for (const c of redisClients) c.quit().catch(() => {});
   server.close(() => process.exit(0));
   setTimeout(() => process.exit(0), 2000).unref();
 }

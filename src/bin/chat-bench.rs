@@ -63,9 +63,10 @@ enum Auth {
 #[derive(Parser, Clone, Debug)]
 #[command(name = "chat-bench", version)]
 struct Args {
-    /// Server base URL (http:// or ws://; only host and port are used).
-    #[arg(long, default_value = "http://127.0.0.1:5004")]
-    url: String,
+    /// Server base URL (http:// or ws://; only host and port are used). A comma list spreads
+    /// the connections round robin over several instances (so a room has members on each).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:5004")]
+    url: Vec<String>,
     #[arg(long, value_enum, default_value_t = Protocol::Socketio)]
     protocol: Protocol,
     /// Connections in total (over all workers).
@@ -95,9 +96,10 @@ struct Args {
     /// Worker processes (each holds a share of the rooms; use when the open-file limit binds).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Server process to sample (/proc/<pid>/stat utime+stime, /proc/<pid>/status VmRSS).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server process(es) to sample (/proc/<pid>/stat utime+stime, /proc/<pid>/status VmRSS);
+    /// a comma list sums CPU and RSS over the processes.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Write the JSON summary to this file (it is always printed on stdout too).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -255,6 +257,8 @@ enum Cmd {
 
 struct ConnSpec {
     index: u32,
+    /// Which of the `--url` servers.
+    server: usize,
     source: Option<IpAddr>,
     user: String,
     room: String,
@@ -584,12 +588,17 @@ impl LocalWorker {
         count: usize,
         run_id: &str,
     ) -> Result<Self, String> {
-        let host = host_port(&args.url);
-        let addr = tokio::net::lookup_host(&host)
-            .await
-            .map_err(|e| format!("resolve {host}: {e}"))?
-            .find(SocketAddr::is_ipv4)
-            .ok_or_else(|| format!("no IPv4 address for {host}"))?;
+        let mut servers = Vec::new();
+        for url in &args.url {
+            let host = host_port(url);
+            let addr = tokio::net::lookup_host(&host)
+                .await
+                .map_err(|e| format!("resolve {host}: {e}"))?
+                .find(SocketAddr::is_ipv4)
+                .ok_or_else(|| format!("no IPv4 address for {host}"))?;
+            servers.push((addr, host));
+        }
+        let servers = Arc::new(servers);
         let sources = match &args.source_ips {
             Some(s) => Some(parse_source_ips(s)?),
             None => None,
@@ -603,6 +612,7 @@ impl LocalWorker {
             for i in first..last {
                 specs.push(ConnSpec {
                     index: i as u32,
+                    server: i % servers.len(),
                     source: sources.as_ref().map(|s| s[i % s.len()]),
                     user: format!("b{run_id}-{i}"),
                     room: format!("bench-{run_id}-{room}"),
@@ -617,10 +627,11 @@ impl LocalWorker {
         let message_size = args.message_size;
         let results: Vec<Result<Conn, String>> = futures::stream::iter(specs)
             .map(|spec| {
-                let host = host.clone();
+                let servers = servers.clone();
                 let stats = stats.clone();
                 async move {
-                    let ws = tokio::time::timeout(timeout, connect_one(addr, &host, proto, &spec))
+                    let (addr, host) = &servers[spec.server];
+                    let ws = tokio::time::timeout(timeout, connect_one(*addr, host, proto, &spec))
                         .await
                         .map_err(|_| "connect timed out".to_string())??;
                     let (tx, rx) = mpsc::channel(64);
@@ -893,8 +904,24 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn sample_proc(pid: Option<u32>, ticks: f64) -> Option<ProcSample> {
-    let pid = pid?;
+/// CPU and RSS summed over the processes; `None` when there are none or one is gone.
+fn sample_proc(pids: &[u32], ticks: f64) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut total = ProcSample {
+        cpu_seconds: 0.0,
+        rss_kb: 0,
+    };
+    for &pid in pids {
+        let s = sample_one(pid, ticks)?;
+        total.cpu_seconds += s.cpu_seconds;
+        total.rss_kb += s.rss_kb;
+    }
+    Some(total)
+}
+
+fn sample_one(pid: u32, ticks: f64) -> Option<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at field 3 (state).
     let after = &stat[stat.rfind(')')? + 2..];
@@ -993,7 +1020,7 @@ impl Bench {
             tokio::select! {
                 _ = &mut sample_at, if !sampled => {
                     sampled = true;
-                    at_start = sample_proc(self.args.server_pid, self.ticks);
+                    at_start = sample_proc(&self.args.server_pid, self.ticks);
                 }
                 _ = tick.tick() => {
                     if !self.args.quiet {
@@ -1023,9 +1050,9 @@ impl Bench {
             }
         }
         if !sampled {
-            at_start = sample_proc(self.args.server_pid, self.ticks);
+            at_start = sample_proc(&self.args.server_pid, self.ticks);
         }
-        let at_end = sample_proc(self.args.server_pid, self.ticks);
+        let at_end = sample_proc(&self.args.server_pid, self.ticks);
         for h in locals {
             if let Ok(r) = h.await {
                 merge(&mut merged, &mut hist, &r);
@@ -1139,7 +1166,7 @@ fn summarize(
 async fn parent_main(args: Args) -> i32 {
     let run_id = format!("{:x}", now_ns() / 1_000_000 % 0xffff_ffff);
     let ticks = clock_ticks();
-    let baseline = sample_proc(args.server_pid, ticks);
+    let baseline = sample_proc(&args.server_pid, ticks);
     let load_before = load_average();
     let t0 = Instant::now();
     let n = args.workers.max(1);
