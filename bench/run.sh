@@ -31,7 +31,7 @@ ulimit -n 20000
 INSTANCES=1
 case "$SCENARIO" in
   s1) # direct chats: rooms of 2, equal offered load for both servers
-    : "${CONNECTIONS:=2000}" "${ROOM_SIZE:=2}" "${RATE:=2000}" "${DURATION:=10}" "${WARMUP:=3}" ;;
+    : "${CONNECTIONS:=10000}" "${ROOM_SIZE:=2}" "${RATE:=2000}" "${DURATION:=10}" "${WARMUP:=3}" ;;
   s2) # group fan-out: rooms of 100, 200 msg/s = 20,000 deliveries/s
     : "${CONNECTIONS:=1000}" "${ROOM_SIZE:=100}" "${RATE:=200}" "${DURATION:=10}" "${WARMUP:=3}" ;;
   s3) # idle memory: authenticated connections, each in a room, no traffic
