@@ -136,7 +136,12 @@ impl FromMessageParts<LocalAdapter> for Enqueue {
 /// request URI and headers for its lifetime: without the copy each idle connection pins that
 /// whole buffer (measured with heaptrack: 16 KiB per connection, a third of its heap).
 pub fn compact_request<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
-    if let Ok(uri) = req.uri().to_string().parse() {
+    if let Ok(uri) = req.uri().to_string().parse::<axum::http::Uri>() {
+        // axum's router keeps a clone of the original URI in the extensions, which
+        // socketioxide keeps too.
+        if let Some(original) = req.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
+            original.0 = uri.clone();
+        }
         *req.uri_mut() = uri;
     }
     let shared = std::mem::take(req.headers_mut());
