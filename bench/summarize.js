@@ -63,20 +63,25 @@ console.log('');
 console.log(`Median of ${results.rust.length} (chat-service) / ${results.node.length} (Node.js) runs. ` +
   `Load averages during the runs: ${[...results.rust, ...results.node].map((s) => s.load_average).join('; ')}`);
 console.log('');
-console.log('| metric | chat-service | Node.js reference | ratio (chat-service / Node) |');
-console.log('| --- | ---: | ---: | ---: |');
-for (const [name, get] of rows) {
-  const r = median(results.rust.map(get));
-  const n = median(results.node.map(get));
-  const ratio = r !== null && n ? r / n : null;
-  console.log(`| ${name} | ${fmt(r)} | ${fmt(n)} | ${ratio === null ? 'n/a' : fmt(ratio)} |`);
-}
+printTable(rows);
 console.log('');
 for (const server of servers) {
   console.log(`${server} per run: ` + results[server].map((s) =>
     `cpu µs/delivery ${fmt(s.server.cpu_us_per_delivery)}, p99 ${fmt(s.latency_ms.p99)} ms, ` +
     `RSS ${s.server.rss_kb_start} KB, passed ${s.passed}`).join(' | '));
   console.log('');
+}
+
+// One row per metric: the median over each server's runs and their ratio.
+function printTable(metrics) {
+  console.log('| metric | chat-service | Node.js reference | ratio (chat-service / Node) |');
+  console.log('| --- | ---: | ---: | ---: |');
+  for (const [name, get] of metrics) {
+    const r = median(results.rust.map(get));
+    const n = median(results.node.map(get));
+    const ratio = r !== null && n ? r / n : null;
+    console.log(`| ${name} | ${fmt(r)} | ${fmt(n)} | ${ratio === null ? 'n/a' : fmt(ratio)} |`);
+  }
 }
 
 // A ramp JSON is {ramp, p99_max_ms, max_sustainable_rate, best, steps}: `best` and each step
@@ -113,14 +118,7 @@ function summarizeRamp() {
     ['best step: server CPU µs / delivery', (r) => r.best && r.best.server.cpu_us_per_delivery],
     ['best step: server RSS at end (KB)', (r) => r.best && r.best.server.rss_kb_end],
   ];
-  console.log('| metric | chat-service | Node.js reference | ratio (chat-service / Node) |');
-  console.log('| --- | ---: | ---: | ---: |');
-  for (const [name, get] of rampRows) {
-    const r = median(results.rust.map(get));
-    const n = median(results.node.map(get));
-    const ratio = r !== null && n ? r / n : null;
-    console.log(`| ${name} | ${fmt(r)} | ${fmt(n)} | ${ratio === null ? 'n/a' : fmt(ratio)} |`);
-  }
+  printTable(rampRows);
   console.log('');
   // Every step of every run: offered -> delivered/s, delivery ratio, p99, pass or fail.
   for (const server of servers) {
