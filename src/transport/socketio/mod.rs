@@ -147,9 +147,15 @@ pub fn compact_request<B>(mut req: axum::http::Request<B>) -> axum::http::Reques
     let shared = std::mem::take(req.headers_mut());
     let mut owned = axum::http::HeaderMap::with_capacity(shared.len());
     for (name, value) in &shared {
-        if let Ok(mut copy) = axum::http::HeaderValue::from_bytes(value.as_bytes()) {
-            copy.set_sensitive(value.is_sensitive());
-            owned.append(name.clone(), copy);
+        match axum::http::HeaderValue::from_bytes(value.as_bytes()) {
+            Ok(mut copy) => {
+                copy.set_sensitive(value.is_sensitive());
+                owned.append(name.clone(), copy);
+            }
+            // Not expected (hyper validated it); kept as it was rather than lost.
+            Err(_) => {
+                owned.append(name.clone(), value.clone());
+            }
         }
     }
     *req.headers_mut() = owned;
