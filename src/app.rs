@@ -223,10 +223,27 @@ impl App {
             },
             page::index,
         );
+        let direct = socketio::direct::DirectState::new(
+            chat.clone(),
+            socketio::direct::DirectConfig {
+                max_payload_bytes: cfg.max_payload_bytes as usize,
+                max_queued_frames: cfg.max_outbound_queue,
+                ping_interval: Duration::from_secs(25),
+                ping_timeout: Duration::from_secs(20),
+                connect_timeout: Duration::from_secs(45),
+                workers: workers.clone(),
+                shutdown: stop_workers.clone(),
+            },
+        );
         let router = http::router(http::HttpState { chat: chat.clone() })
             .merge(page::router())
             .merge(ws_routes)
             .layer(sio_layer)
+            // In front of socketioxide: takes the sessions opened directly on a WebSocket.
+            .layer(axum::middleware::from_fn_with_state(
+                direct,
+                socketio::direct::intercept,
+            ))
             .layer(MapRequestLayer::new(socketio::compact_request))
             .layer(DefaultBodyLimit::max(cfg.max_payload_bytes as usize))
             .layer(cors_layer(&cfg.cors));

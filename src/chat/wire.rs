@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -26,12 +27,14 @@ pub const USER_TYPING: &str = "user_typing";
 pub const ERROR: &str = "error";
 
 /// One event for one or many clients. Built once per broadcast and shared (`Arc`) by every
-/// recipient; a transport that needs its own encoding caches it here, so it is done once.
+/// recipient; each WebSocket encoding is cached here, so a broadcast is serialized once per
+/// transport and every recipient's frame shares the same bytes (a reference count, no copy).
 #[derive(Debug)]
 pub struct ServerEvent {
     pub name: &'static str,
     pub data: Value,
-    ws_frame: OnceLock<String>,
+    ws_frame: OnceLock<Utf8Bytes>,
+    sio_frame: OnceLock<Utf8Bytes>,
 }
 
 impl ServerEvent {
@@ -44,13 +47,41 @@ impl ServerEvent {
             name,
             data,
             ws_frame: OnceLock::new(),
+            sio_frame: OnceLock::new(),
         }
     }
 
+    // Event names are fixed ASCII identifiers (the constants above): no escaping needed.
+
     /// The raw-WebSocket frame `{"event": name, "data": data}`, encoded once.
-    pub fn ws_frame(&self) -> &str {
-        // Event names are fixed ASCII identifiers (the constants above): no escaping needed.
+    pub fn ws_frame(&self) -> &Utf8Bytes {
         self.ws_frame
-            .get_or_init(|| format!(r#"{{"event":"{}","data":{}}}"#, self.name, self.data))
+            .get_or_init(|| format!(r#"{{"event":"{}","data":{}}}"#, self.name, self.data).into())
+    }
+
+    /// The Socket.IO event packet in its Engine.IO message, `42["name",data]`, encoded once.
+    pub fn sio_frame(&self) -> &Utf8Bytes {
+        self.sio_frame
+            .get_or_init(|| format!(r#"42["{}",{}]"#, self.name, self.data).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_encoded_once_and_shared() {
+        let ev = ServerEvent::from_value(NEW_MESSAGE, serde_json::json!({"a": "\"x\"", "b": 1}));
+        assert_eq!(
+            ev.sio_frame().as_str(),
+            r#"42["new_message",{"a":"\"x\"","b":1}]"#
+        );
+        assert_eq!(
+            ev.ws_frame().as_str(),
+            r#"{"event":"new_message","data":{"a":"\"x\"","b":1}}"#
+        );
+        // The same bytes for every recipient: the second call returns the cached buffer.
+        assert_eq!(ev.sio_frame().as_ptr(), ev.sio_frame().clone().as_ptr());
     }
 }

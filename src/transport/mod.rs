@@ -11,8 +11,13 @@ pub mod ws;
 
 use serde_json::{Value, json};
 
+use crate::chat::conn::SinkError;
 use crate::chat::{ChatError, ChatService, Session, wire};
 use dto::Inbound;
+
+/// Read buffer of each WebSocket, bytes: allocated for the connection's lifetime, so small
+/// (chat frames are small; a bigger frame takes several reads).
+pub const WS_READ_BUFFER: usize = 1024;
 
 /// Runs one client event and returns the fields of its success ack.
 pub async fn dispatch(
@@ -65,6 +70,14 @@ pub fn ack_body(result: &Result<Value, ChatError>) -> Value {
             body
         }
         Err(e) => json!({"success": false, "error": {"code": e.code(), "message": e.to_string()}}),
+    }
+}
+
+/// A transport's bounded outbound queue refusing a frame, as `chat` sees it.
+pub fn sink_error<T>(e: tokio::sync::mpsc::error::TrySendError<T>) -> SinkError {
+    match e {
+        tokio::sync::mpsc::error::TrySendError::Full(_) => SinkError::Full,
+        tokio::sync::mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
     }
 }
 

@@ -17,5 +17,6 @@ mod raw_ws;
 mod redis_outage;
 mod rest;
 mod socket_events;
+mod socketio_wire;
 mod stores;
 mod validation;

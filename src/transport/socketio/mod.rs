@@ -1,4 +1,6 @@
-//! Socket.IO v4 (Engine.IO v4, protocol v5) on `/socket.io/`, through socketioxide.
+//! Socket.IO v4 (Engine.IO v4, protocol v5) on `/socket.io/`. Sessions opened directly on a
+//! WebSocket are served by `direct` (our own Engine.IO code, the hot path); sessions that start
+//! on HTTP long-polling, and their upgrade, go through socketioxide, set up here.
 //!
 //! socketioxide runs each async event handler in its own task, which would let two events of
 //! one connection overtake each other. So the handlers do their work in an extractor
@@ -30,7 +32,9 @@ use crate::auth::Credentials;
 use crate::chat::conn::{ClientSink, SinkError};
 use crate::chat::wire::{self, ServerEvent};
 use crate::chat::{ChatError, ChatService, Deadline, Session};
-use crate::transport::{ack_body, dispatch, sleep_until_deadline};
+use crate::transport::{WS_READ_BUFFER, ack_body, dispatch, sleep_until_deadline};
+
+pub mod direct;
 
 /// Events a connection may have waiting; past this a client is flooding and further events
 /// are refused with `rate_limited` until the queue drains.
@@ -47,9 +51,6 @@ pub struct SocketIoConfig {
     /// Outbound packets buffered per connection before it counts as a slow consumer.
     pub max_buffered_packets: usize,
 }
-
-/// Read buffer of a Socket.IO WebSocket, bytes.
-const WS_READ_BUFFER: usize = 1024;
 
 /// Boxed payloads keep `Job` at two words: the queue's first block (32 slots, allocated
 /// with the channel) is part of every idle connection's memory.

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::chat::conn::{ClientSink, SinkError};
 use crate::chat::wire::{self, ServerEvent};
 use crate::chat::{ChatError, ChatService, Deadline, Session};
-use crate::transport::{ack_body, dispatch, sleep_until_deadline};
+use crate::transport::{WS_READ_BUFFER, ack_body, dispatch, sink_error, sleep_until_deadline};
 
 #[derive(Clone)]
 pub struct WsConfig {
@@ -94,7 +94,8 @@ fn start(state: WsState, ws: WebSocketUpgrade, headers: &HeaderMap) -> Response 
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let max = state.cfg.max_payload_bytes;
-    ws.max_message_size(max)
+    ws.read_buffer_size(WS_READ_BUFFER)
+        .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let workers = state.cfg.workers.clone();
@@ -119,10 +120,7 @@ impl ClientSink for WsSink {
     fn send(&self, event: &Arc<ServerEvent>) -> Result<(), SinkError> {
         self.tx
             .try_send(Out::Event(event.clone()))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SinkError::Full,
-                mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
-            })
+            .map_err(sink_error)
     }
 
     fn close(&self) {
@@ -139,7 +137,7 @@ async fn run(state: WsState, socket: WebSocket) {
         async move {
             while let Some(out) = rx.recv().await {
                 let frame = match out {
-                    Out::Event(ev) => Message::Text(Utf8Bytes::from(ev.ws_frame().to_owned())),
+                    Out::Event(ev) => Message::Text(ev.ws_frame().clone()),
                     Out::Text(text) => Message::Text(text.into()),
                     Out::Ping => Message::Ping(Default::default()),
                     Out::Close => {

@@ -1,0 +1,735 @@
+//! Socket.IO on a WebSocket opened directly (`/socket.io/?EIO=4&transport=websocket` without a
+//! `sid`: what `transports: ['websocket']`, the mobile clients and `chat-bench` use), served by
+//! our own Engine.IO v4 / Socket.IO v5 code instead of socketioxide. Sessions that start on
+//! HTTP long-polling (and their upgrade to WebSocket) still go through socketioxide
+//! (`mod.rs`); both reach the same `ChatService`, so a room can mix them.
+//!
+//! Why: socketioxide serializes every emit per recipient, copies it into a new buffer and hands
+//! it to a writer task through a channel, and keeps three tasks per connection. Here one task
+//! per connection reads, writes, pings and runs the chat calls; a broadcast's packet is
+//! serialized once (`ServerEvent::sio_frame`) and every recipient's frame is a reference to the
+//! same bytes; frames queued while the socket was busy go out in one write. BENCHMARKS.md has
+//! the figures.
+//!
+//! The protocol subset a WebSocket-only session needs:
+//! - Engine.IO: the open packet `0{...}` first, a server ping `2` every `ping_interval` answered
+//!   by `3` within `ping_timeout` (else the connection is closed), `1` close, `6` noop, `4`
+//!   message. A message over `max_payload_bytes` closes the connection (like maxHttpBufferSize).
+//! - Socket.IO, namespace `/` only: `0` CONNECT with an optional auth object (its `token` or
+//!   `userId` authenticates, as in `mod.rs`), answered `40{"sid":..}`; another namespace gets
+//!   `44/nsp,{"message":"Invalid namespace"}`; no CONNECT within `connect_timeout` closes;
+//!   `2` EVENT with an optional ack id, answered by `3` ACK; `1` DISCONNECT ends the session;
+//!   binary events (no chat event carries binary) are refused with `invalid_payload`.
+//! - Events of a connection run one at a time in arrival order (SPEC 1); while one runs, later
+//!   ones wait (up to `MAX_PENDING_EVENTS`, then `rate_limited`) and the socket keeps being
+//!   read and written. A server-side close (`too_many_connections`) sends `41` after the
+//!   error and the ack; a shutdown finishes the received events, then closes the WebSocket
+//!   without `41`, so clients reconnect.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{MAX_PENDING_EVENTS, handshake_credentials};
+use crate::auth::Credentials;
+use crate::chat::conn::{ClientSink, SinkError};
+use crate::chat::wire::{self, ServerEvent};
+use crate::chat::{ChatError, ChatService, Deadline, Session};
+use crate::transport::{WS_READ_BUFFER, ack_body, dispatch, sink_error, sleep_until_deadline};
+
+pub struct DirectConfig {
+    pub max_payload_bytes: usize,
+    /// Outbound frames queued per connection before it counts as a slow consumer.
+    pub max_queued_frames: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// How long a client may take to send its namespace CONNECT.
+    pub connect_timeout: Duration,
+    pub workers: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct DirectState {
+    chat: Arc<ChatService>,
+    cfg: Arc<DirectConfig>,
+}
+
+impl DirectState {
+    pub fn new(chat: Arc<ChatService>, cfg: DirectConfig) -> Self {
+        Self {
+            chat,
+            cfg: Arc::new(cfg),
+        }
+    }
+}
+
+/// Frames written before a slow write counts as a dead client.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many queued frames go into one socket write.
+const WRITE_BATCH: usize = 64;
+/// Tungstenite writes its buffer out once it holds this much; `flush` writes the rest.
+const WS_WRITE_BUFFER: usize = 16 * 1024;
+
+/// Whether the request opens a Socket.IO session directly on a WebSocket (Engine.IO v4, no
+/// `sid`: an upgrade from polling carries the polling session's `sid` and stays with
+/// socketioxide, as does anything that is not a WebSocket upgrade).
+pub fn is_direct_websocket(uri: &Uri, headers: &axum::http::HeaderMap) -> bool {
+    if !matches!(uri.path(), "/socket.io/" | "/socket.io") {
+        return false;
+    }
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return false;
+    }
+    let (mut eio4, mut websocket) = (false, false);
+    for pair in uri.query().unwrap_or("").split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("EIO", "4") => eio4 = true,
+            ("transport", "websocket") => websocket = true,
+            ("sid", _) => return false,
+            _ => {}
+        }
+    }
+    eio4 && websocket
+}
+
+/// Middleware in front of socketioxide's layer: takes the direct WebSocket sessions.
+pub async fn intercept(State(state): State<DirectState>, req: Request, next: Next) -> Response {
+    if !is_direct_websocket(req.uri(), req.headers()) {
+        return next.run(req).await;
+    }
+    let (mut parts, _body) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
+    let max = state.cfg.max_payload_bytes;
+    ws.read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let workers = state.cfg.workers.clone();
+            workers.track_future(run(state, socket))
+        })
+}
+
+enum Out {
+    Event(Arc<ServerEvent>),
+    Frame(Utf8Bytes),
+    /// Socket.IO DISCONNECT (`41`), then close: a server-side close.
+    Disconnect,
+}
+
+/// A direct Socket.IO connection as `chat` sees it.
+struct DirectSink {
+    tx: mpsc::Sender<Out>,
+    /// Ends the connection at once when even the disconnect cannot be queued.
+    kill: Notify,
+}
+
+impl ClientSink for DirectSink {
+    fn send(&self, event: &Arc<ServerEvent>) -> Result<(), SinkError> {
+        self.tx
+            .try_send(Out::Event(event.clone()))
+            .map_err(sink_error)
+    }
+
+    fn close(&self) {
+        // After what is already queued (the error event and the ack come first); a client
+        // that stopped reading is cut off instead.
+        if self.tx.try_send(Out::Disconnect).is_err() {
+            self.kill.notify_one();
+        }
+    }
+}
+
+enum Job {
+    Event {
+        name: String,
+        data: Result<Value, String>,
+        ack: Option<u64>,
+    },
+    HandshakeAuth(Box<Credentials>),
+}
+
+enum Outcome {
+    Event(Option<u64>, Result<Value, ChatError>),
+    Auth(Result<(), ChatError>),
+}
+
+type Running = Pin<Box<dyn Future<Output = (Session, Outcome)> + Send>>;
+
+/// Runs one job; the session moves into the future and comes back with the outcome, so the
+/// connection's task keeps reading and writing meanwhile.
+fn start(chat: Arc<ChatService>, mut session: Session, job: Job) -> Running {
+    Box::pin(async move {
+        let outcome = match job {
+            Job::Event { name, data, ack } => {
+                Outcome::Event(ack, dispatch(&chat, &mut session, &name, data).await)
+            }
+            Job::HandshakeAuth(credentials) => Outcome::Auth(
+                chat.authenticate(&mut session, *credentials)
+                    .await
+                    .map(|_| ()),
+            ),
+        };
+        (session, outcome)
+    })
+}
+
+async fn poll_running(running: &mut Option<Running>) -> (Session, Outcome) {
+    match running {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why the read loop ended.
+#[derive(PartialEq, Eq)]
+enum End {
+    /// The client closed, went silent or broke the protocol: received events still run.
+    Client,
+    /// The server closed the session (`41` sent) or cut off a slow consumer.
+    Server,
+    /// Shutdown: received events run, then the WebSocket closes without `41`.
+    Shutdown,
+}
+
+struct Conn {
+    chat: Arc<ChatService>,
+    sink: Arc<DirectSink>,
+    session: Option<Session>,
+    running: Option<Running>,
+    pending: VecDeque<Job>,
+    /// The namespace CONNECT has been received.
+    connected: bool,
+}
+
+async fn run(state: DirectState, mut ws: WebSocket) {
+    let cfg = &state.cfg;
+    let (tx, mut rx) = mpsc::channel::<Out>(cfg.max_queued_frames.max(1));
+    let sink = Arc::new(DirectSink {
+        tx,
+        kill: Notify::new(),
+    });
+    let open = format!(
+        r#"0{{"sid":"{}","upgrades":[],"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
+        random_id(),
+        cfg.ping_interval.as_millis(),
+        cfg.ping_timeout.as_millis(),
+        cfg.max_payload_bytes
+    );
+    if ws.send(Message::Text(open.into())).await.is_err() {
+        return;
+    }
+    let mut conn = Conn {
+        chat: state.chat.clone(),
+        session: Some(Session::new(sink.clone())),
+        sink,
+        running: None,
+        pending: VecDeque::new(),
+        connected: false,
+    };
+    let connect_deadline = Instant::now() + cfg.connect_timeout;
+    let heartbeat = tokio::time::sleep(cfg.ping_interval);
+    tokio::pin!(heartbeat);
+    let mut awaiting_pong = false;
+    let mut batch = Vec::new();
+    let end = loop {
+        let deadline = if !conn.connected {
+            Some(connect_deadline.into_std())
+        } else {
+            conn.session.as_ref().and_then(|s| conn.chat.deadline(s))
+        };
+        tokio::select! {
+            biased;
+            () = conn.sink.kill.notified() => break End::Server,
+            () = cfg.shutdown.cancelled() => break End::Shutdown,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    break End::Server;
+                }
+                match write_batch(&mut ws, &mut batch, &conn.sink.kill).await {
+                    Written::Ok => {}
+                    Written::Disconnected | Written::Killed => break End::Server,
+                    Written::Failed => break End::Client,
+                }
+            }
+            (session, outcome) = poll_running(&mut conn.running) => {
+                conn.running = None;
+                conn.session = Some(session);
+                conn.finish(outcome);
+                conn.start_next();
+            }
+            () = &mut heartbeat => {
+                if awaiting_pong {
+                    tracing::debug!("socket.io websocket: no pong in time, closing");
+                    break End::Client;
+                }
+                conn.queue(Out::Frame(Utf8Bytes::from_static("2")));
+                awaiting_pong = true;
+                heartbeat.as_mut().reset(Instant::now() + cfg.ping_timeout);
+            }
+            () = sleep_until_deadline(deadline) => {
+                if !conn.connected {
+                    tracing::debug!("socket.io websocket: no CONNECT in time, closing");
+                    break End::Client;
+                }
+                if conn.running.is_none() {
+                    conn.deadline_passed();
+                }
+            }
+            frame = ws.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    // Attachments of a (refused) binary event.
+                    Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => break End::Client,
+                    Some(Err(e)) => {
+                        // Oversized messages end here too (the protocol layer refuses them).
+                        tracing::debug!(error = %e, "socket.io websocket read error");
+                        break End::Client;
+                    }
+                };
+                match text.as_bytes().first() {
+                    Some(b'3') => {
+                        awaiting_pong = false;
+                        heartbeat.as_mut().reset(Instant::now() + cfg.ping_interval);
+                    }
+                    Some(b'4') => {
+                        if let Err(why) = conn.on_packet(&text[1..]) {
+                            tracing::debug!(%why, "socket.io websocket: bad packet, closing");
+                            break End::Client;
+                        }
+                        conn.start_next();
+                    }
+                    Some(b'6' | b'2') => {}
+                    Some(b'1') => break End::Client,
+                    _ => {
+                        tracing::debug!("socket.io websocket: bad engine.io packet, closing");
+                        break End::Client;
+                    }
+                }
+            }
+        }
+    };
+    conn.close(end, &mut ws, &mut rx, &mut batch).await;
+}
+
+enum Written {
+    Ok,
+    /// A `41` went out: the session is closed by the server.
+    Disconnected,
+    /// Cut off (slow consumer).
+    Killed,
+    Failed,
+}
+
+/// Writes the queued frames with one flush (one socket write for the lot when it fits).
+async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<Out>, kill: &Notify) -> Written {
+    let mut disconnect = false;
+    let write = async {
+        for out in batch.drain(..) {
+            let frame = match out {
+                Out::Event(ev) => ev.sio_frame().clone(),
+                Out::Frame(frame) => frame,
+                Out::Disconnect => {
+                    disconnect = true;
+                    Utf8Bytes::from_static("41")
+                }
+            };
+            ws.feed(Message::Text(frame)).await?;
+            if disconnect {
+                break;
+            }
+        }
+        ws.flush().await
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
+            Ok(Ok(())) => Written::Ok,
+            _ => Written::Failed,
+        },
+        () = kill.notified() => Written::Killed,
+    };
+    batch.clear();
+    match result {
+        Written::Ok if disconnect => Written::Disconnected,
+        other => other,
+    }
+}
+
+impl Conn {
+    /// Queues a frame; a full queue is a slow consumer, which is cut off.
+    fn queue(&self, out: Out) {
+        if self.sink.tx.try_send(out).is_err() {
+            self.sink.kill.notify_one();
+        }
+    }
+
+    fn emit_error(&self, e: &ChatError) {
+        self.queue(Out::Event(Arc::new(ServerEvent::from_value(
+            wire::ERROR,
+            e.body(),
+        ))));
+    }
+
+    fn ack(&self, id: u64, body: &Value) {
+        self.queue(Out::Frame(format!("43{id}[{body}]").into()));
+    }
+
+    /// A Socket.IO packet (the Engine.IO message's payload). `Err` closes the connection.
+    fn on_packet(&mut self, packet: &str) -> Result<(), &'static str> {
+        let mut chars = packet.char_indices();
+        let kind = chars.next().map(|(_, c)| c).ok_or("empty packet")?;
+        let rest = &packet[kind.len_utf8()..];
+        let (nsp, rest) = match rest.strip_prefix('/') {
+            Some(_) => rest.split_once(',').unwrap_or((rest, "")),
+            None => ("/", rest),
+        };
+        match kind {
+            '0' => {
+                if nsp != "/" {
+                    let body = serde_json::json!({"message": "Invalid namespace"});
+                    self.queue(Out::Frame(format!("44{nsp},{body}").into()));
+                    return Ok(());
+                }
+                if self.connected {
+                    return Ok(());
+                }
+                let auth = match rest {
+                    "" => None,
+                    json => match serde_json::from_str::<Value>(json) {
+                        Ok(v @ Value::Object(_)) => Some(v),
+                        _ => return Err("CONNECT payload is not an object"),
+                    },
+                };
+                self.connected = true;
+                let ack = format!(r#"40{{"sid":"{}"}}"#, random_id());
+                self.queue(Out::Frame(ack.into()));
+                if let Some(credentials) = auth.as_ref().and_then(handshake_credentials) {
+                    self.pending
+                        .push_back(Job::HandshakeAuth(Box::new(credentials)));
+                }
+                Ok(())
+            }
+            '1' if nsp == "/" => Err("client disconnected"),
+            '2' | '5' if nsp == "/" && self.connected => {
+                // The attachments of a binary event follow as binary frames, which are skipped.
+                let ((ack, _attachments), json) = split_ack_id(rest, kind == '5')?;
+                let (name, data) = parse_event(json)?;
+                let data = if kind == '5' {
+                    Err("binary attachments are not supported".to_string())
+                } else {
+                    data
+                };
+                self.on_event(Job::Event { name, data, ack });
+                Ok(())
+            }
+            // Client acks (the server asks for none), packets of other namespaces and events
+            // before CONNECT are ignored, as socket.io does.
+            '1'..='6' => Ok(()),
+            _ => Err("unknown packet type"),
+        }
+    }
+
+    fn on_event(&mut self, job: Job) {
+        if self.pending.len() >= MAX_PENDING_EVENTS {
+            let e = ChatError::RateLimited;
+            self.emit_error(&e);
+            if let Job::Event { ack: Some(id), .. } = job {
+                self.ack(id, &ack_body(&Err(e)));
+            }
+            return;
+        }
+        self.pending.push_back(job);
+    }
+
+    /// Starts the next waiting job when none runs.
+    fn start_next(&mut self) {
+        if self.running.is_some() {
+            return;
+        }
+        if let Some(job) = self.pending.pop_front()
+            && let Some(session) = self.session.take()
+        {
+            self.running = Some(start(self.chat.clone(), session, job));
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        let result = match outcome {
+            Outcome::Event(ack, result) => {
+                if let Err(e) = &result {
+                    self.emit_error(e);
+                }
+                if let Some(id) = ack {
+                    self.ack(id, &ack_body(&result));
+                }
+                result.map(|_| ())
+            }
+            Outcome::Auth(result) => {
+                if let Err(e) = &result {
+                    self.emit_error(e);
+                }
+                result
+            }
+        };
+        if let Err(e) = result
+            && e.closes_connection()
+        {
+            self.sink.close();
+        }
+    }
+
+    fn deadline_passed(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        match self.chat.deadline_passed(session) {
+            Some(Deadline::Notify(e)) => self.emit_error(&e),
+            Some(Deadline::Close(e)) => {
+                self.emit_error(&e);
+                self.sink.close();
+            }
+            None => {}
+        }
+    }
+
+    /// Ends the session: the running event finishes (a store write is never cut in half), the
+    /// events already received run unless the server closed the session, the chat forgets the
+    /// connection, and what is queued for the client is written before the WebSocket closes.
+    async fn close(
+        mut self,
+        end: End,
+        ws: &mut WebSocket,
+        rx: &mut mpsc::Receiver<Out>,
+        batch: &mut Vec<Out>,
+    ) {
+        if let Some(running) = self.running.take() {
+            let (session, outcome) = running.await;
+            self.session = Some(session);
+            self.finish(outcome);
+        }
+        if end != End::Server {
+            while let Some(job) = self.pending.pop_front() {
+                let Some(session) = self.session.take() else {
+                    break;
+                };
+                let (session, outcome) = start(self.chat.clone(), session, job).await;
+                self.session = Some(session);
+                self.finish(outcome);
+            }
+        }
+        if let Some(mut session) = self.session.take() {
+            Box::pin(self.chat.disconnect(&mut session)).await;
+        }
+        if end == End::Server && self.sink.tx.capacity() == 0 {
+            // A slow consumer: nothing more is written to it.
+            return;
+        }
+        let flushed = async {
+            while let Ok(out) = rx.try_recv() {
+                batch.push(out);
+                if batch.len() == WRITE_BATCH {
+                    let kill = Notify::new();
+                    if !matches!(write_batch(ws, batch, &kill).await, Written::Ok) {
+                        return;
+                    }
+                }
+            }
+            let kill = Notify::new();
+            if matches!(write_batch(ws, batch, &kill).await, Written::Failed) {
+                return;
+            }
+            let _ = ws
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: Utf8Bytes::from_static(""),
+                })))
+                .await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
+    }
+}
+
+/// An EVENT's arguments `[name, data, ...]`: the name (empty when not a string) and the first
+/// argument, or why it cannot be read (missing, or a value no decoder takes, such as nesting
+/// deeper than serde_json's recursion limit: that is the client's `invalid_payload`, not a
+/// broken packet). Later arguments are ignored, as with socketioxide's `Data` extractor.
+fn parse_event(json: &str) -> Result<(String, Result<Value, String>), &'static str> {
+    let name_of = |v: Value| match v {
+        Value::String(name) => name,
+        _ => String::new(),
+    };
+    // One pass for a well-formed event, the common case.
+    if let Ok((Some(name), data)) = read_args(json, Args::Both) {
+        let data = data.ok_or_else(|| "first element not found".to_string());
+        return Ok((name_of(name), data));
+    }
+    // The name alone (the rest skipped without decoding), then the data alone, for its error.
+    let Ok((Some(name), _)) = read_args(json, Args::Name) else {
+        return Err("EVENT payload is not an array with a name");
+    };
+    let data = match read_args(json, Args::Data) {
+        Ok((_, Some(data))) => Ok(data),
+        Ok((_, None)) => Err("first element not found".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    Ok((name_of(name), data))
+}
+
+#[derive(Clone, Copy)]
+enum Args {
+    Both,
+    Name,
+    Data,
+}
+
+impl<'de> serde::de::Visitor<'de> for Args {
+    type Value = (Option<Value>, Option<Value>);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of event arguments")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::IgnoredAny;
+        let name = match self {
+            Args::Data => seq.next_element::<IgnoredAny>()?.map(|_| Value::Null),
+            _ => seq.next_element::<Value>()?,
+        };
+        let data = match self {
+            Args::Name => None,
+            _ => seq.next_element::<Value>()?,
+        };
+        // Skipping does not decode, so it has no depth limit.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok((name, data))
+    }
+}
+
+fn read_args(json: &str, what: Args) -> serde_json::Result<(Option<Value>, Option<Value>)> {
+    use serde::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_str(json);
+    let args = (&mut de).deserialize_seq(what)?;
+    de.end()?;
+    Ok(args)
+}
+
+/// Splits `[ack id]json` (EVENT) or `attachments-[ack id]json` (BINARY_EVENT).
+fn split_ack_id(rest: &str, binary: bool) -> Result<((Option<u64>, usize), &str), &'static str> {
+    let (attachments, rest) = if binary {
+        let (n, rest) = rest
+            .split_once('-')
+            .ok_or("BINARY_EVENT without attachments")?;
+        (
+            n.parse::<usize>().map_err(|_| "bad attachment count")?,
+            rest,
+        )
+    } else {
+        (0, rest)
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let ack = match digits {
+        0 => None,
+        _ => Some(rest[..digits].parse::<u64>().map_err(|_| "bad ack id")?),
+    };
+    Ok(((ack, attachments), &rest[digits..]))
+}
+
+/// 20 URL-safe characters, like the ids socket.io hands out.
+fn random_id() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 15]>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(upgrade: bool) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        if upgrade {
+            h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_direct_engine_io_4_websockets_are_taken() {
+        let taken = |uri: &str, up| is_direct_websocket(&uri.parse().unwrap(), &headers(up));
+        assert!(taken("/socket.io/?EIO=4&transport=websocket", true));
+        assert!(taken("/socket.io/?transport=websocket&EIO=4&t=x", true));
+        assert!(!taken(
+            "/socket.io/?EIO=4&transport=websocket&sid=abc",
+            true
+        ));
+        assert!(!taken("/socket.io/?EIO=4&transport=polling", true));
+        assert!(!taken("/socket.io/?EIO=3&transport=websocket", true));
+        assert!(!taken("/socket.io/?EIO=4&transport=websocket", false));
+        assert!(!taken("/ws?EIO=4&transport=websocket", true));
+    }
+
+    #[test]
+    fn event_arguments() {
+        let ok = |json| parse_event(json).unwrap();
+        assert_eq!(
+            ok(r#"["join_room",{"roomId":"r"},5]"#),
+            ("join_room".into(), Ok(serde_json::json!({"roomId": "r"})))
+        );
+        assert_eq!(
+            ok(r#"["join_room"]"#),
+            ("join_room".into(), Err("first element not found".into()))
+        );
+        assert_eq!(ok(r#"[7,{}]"#).0, "");
+        let deep = format!(
+            r#"["send_message",{}{}]"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        let (name, data) = ok(&deep);
+        assert_eq!(name, "send_message");
+        assert!(data.unwrap_err().contains("recursion"));
+        assert!(parse_event(r#"{"a":1}"#).is_err());
+        assert!(parse_event("[]").is_err());
+        assert!(parse_event(r#"["a",1"#).is_err());
+    }
+
+    #[test]
+    fn ack_ids_and_attachments() {
+        assert_eq!(
+            split_ack_id(r#"12["a"]"#, false).unwrap(),
+            ((Some(12), 0), r#"["a"]"#)
+        );
+        assert_eq!(
+            split_ack_id(r#"["a"]"#, false).unwrap(),
+            ((None, 0), r#"["a"]"#)
+        );
+        assert_eq!(
+            split_ack_id(r#"2-7["a"]"#, true).unwrap(),
+            ((Some(7), 2), r#"["a"]"#)
+        );
+        assert!(split_ack_id(r#"["a"]"#, true).is_err());
+        assert!(split_ack_id("99999999999999999999999[]", false).is_err());
+    }
+}
