@@ -17,7 +17,7 @@ use dto::Inbound;
 
 /// Read buffer of each WebSocket, bytes: allocated for the connection's lifetime, so small
 /// (chat frames are small; a bigger frame takes several reads).
-pub const WS_READ_BUFFER: usize = 1024;
+pub const WS_READ_BUFFER: usize = 512;
 
 /// Runs one client event and returns the fields of its success ack.
 pub async fn dispatch(

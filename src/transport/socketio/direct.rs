@@ -38,8 +38,9 @@ use axum::http::{Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,7 +50,7 @@ use crate::auth::Credentials;
 use crate::chat::conn::{ClientSink, SinkError};
 use crate::chat::wire::{self, ServerEvent};
 use crate::chat::{ChatError, ChatService, Deadline, Session};
-use crate::transport::{WS_READ_BUFFER, ack_body, dispatch, sink_error, sleep_until_deadline};
+use crate::transport::{WS_READ_BUFFER, ack_body, dispatch, sleep_until_deadline};
 
 pub struct DirectConfig {
     pub max_payload_bytes: usize,
@@ -80,8 +81,6 @@ impl DirectState {
 
 /// Frames written before a slow write counts as a dead client.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// At most this many queued frames go into one socket write.
-const WRITE_BATCH: usize = 64;
 /// Tungstenite writes its buffer out once it holds this much; `flush` writes the rest.
 const WS_WRITE_BUFFER: usize = 16 * 1024;
 
@@ -139,24 +138,57 @@ enum Out {
     Disconnect,
 }
 
+/// Frames waiting for the socket. Nothing is allocated while it is empty (an idle
+/// connection); the connection's task takes the whole queue at once and writes it.
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Out>,
+    /// The connection's task has ended: nothing more is accepted.
+    closed: bool,
+}
+
 /// A direct Socket.IO connection as `chat` sees it.
 struct DirectSink {
-    tx: mpsc::Sender<Out>,
-    /// Ends the connection at once when even the disconnect cannot be queued.
+    outbox: Mutex<Outbox>,
+    /// Wakes the connection's task when the outbox stops being empty.
+    wake: Notify,
+    /// Ends the connection at once (a slow consumer, or a close that cannot be queued).
     kill: Notify,
+    max_queued: usize,
+}
+
+impl DirectSink {
+    fn push(&self, out: Out) -> Result<(), SinkError> {
+        let mut outbox = self.outbox.lock();
+        if outbox.closed {
+            return Err(SinkError::Closed);
+        }
+        if outbox.frames.len() >= self.max_queued {
+            return Err(SinkError::Full);
+        }
+        let was_empty = outbox.frames.is_empty();
+        outbox.frames.push_back(out);
+        drop(outbox);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn take(&self) -> VecDeque<Out> {
+        std::mem::take(&mut self.outbox.lock().frames)
+    }
 }
 
 impl ClientSink for DirectSink {
     fn send(&self, event: &Arc<ServerEvent>) -> Result<(), SinkError> {
-        self.tx
-            .try_send(Out::Event(event.clone()))
-            .map_err(sink_error)
+        self.push(Out::Event(event.clone()))
     }
 
     fn close(&self) {
         // After what is already queued (the error event and the ack come first); a client
         // that stopped reading is cut off instead.
-        if self.tx.try_send(Out::Disconnect).is_err() {
+        if self.push(Out::Disconnect).is_err() {
             self.kill.notify_one();
         }
     }
@@ -224,12 +256,15 @@ struct Conn {
     connected: bool,
 }
 
+/// The connection's task. Its future stays small (an idle connection is mostly this task):
+/// the chat calls and the socket writes are boxed futures that exist only while they run.
 async fn run(state: DirectState, mut ws: WebSocket) {
     let cfg = &state.cfg;
-    let (tx, mut rx) = mpsc::channel::<Out>(cfg.max_queued_frames.max(1));
     let sink = Arc::new(DirectSink {
-        tx,
+        outbox: Mutex::new(Outbox::default()),
+        wake: Notify::new(),
         kill: Notify::new(),
+        max_queued: cfg.max_queued_frames.max(1),
     });
     let open = format!(
         r#"0{{"sid":"{}","upgrades":[],"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
@@ -238,7 +273,7 @@ async fn run(state: DirectState, mut ws: WebSocket) {
         cfg.ping_timeout.as_millis(),
         cfg.max_payload_bytes
     );
-    if ws.send(Message::Text(open.into())).await.is_err() {
+    if Box::pin(ws.send(Message::Text(open.into()))).await.is_err() {
         return;
     }
     let mut conn = Conn {
@@ -253,7 +288,6 @@ async fn run(state: DirectState, mut ws: WebSocket) {
     let heartbeat = tokio::time::sleep(cfg.ping_interval);
     tokio::pin!(heartbeat);
     let mut awaiting_pong = false;
-    let mut batch = Vec::new();
     let end = loop {
         let deadline = if !conn.connected {
             Some(connect_deadline.into_std())
@@ -264,11 +298,9 @@ async fn run(state: DirectState, mut ws: WebSocket) {
             biased;
             () = conn.sink.kill.notified() => break End::Server,
             () = cfg.shutdown.cancelled() => break End::Shutdown,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 {
-                    break End::Server;
-                }
-                match write_batch(&mut ws, &mut batch, &conn.sink.kill).await {
+            () = conn.sink.wake.notified() => {
+                let frames = conn.sink.take();
+                match Box::pin(write_frames(&mut ws, frames, &conn.sink.kill)).await {
                     Written::Ok => {}
                     Written::Disconnected | Written::Killed => break End::Server,
                     Written::Failed => break End::Client,
@@ -332,7 +364,7 @@ async fn run(state: DirectState, mut ws: WebSocket) {
             }
         }
     };
-    conn.close(end, &mut ws, &mut rx, &mut batch).await;
+    Box::pin(conn.close(end, &mut ws)).await;
 }
 
 enum Written {
@@ -345,10 +377,10 @@ enum Written {
 }
 
 /// Writes the queued frames with one flush (one socket write for the lot when it fits).
-async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<Out>, kill: &Notify) -> Written {
+async fn write_frames(ws: &mut WebSocket, frames: VecDeque<Out>, kill: &Notify) -> Written {
     let mut disconnect = false;
     let write = async {
-        for out in batch.drain(..) {
+        for out in frames {
             let frame = match out {
                 Out::Event(ev) => ev.sio_frame().clone(),
                 Out::Frame(frame) => frame,
@@ -371,7 +403,6 @@ async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<Out>, kill: &Notify) ->
         },
         () = kill.notified() => Written::Killed,
     };
-    batch.clear();
     match result {
         Written::Ok if disconnect => Written::Disconnected,
         other => other,
@@ -381,7 +412,7 @@ async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<Out>, kill: &Notify) ->
 impl Conn {
     /// Queues a frame; a full queue is a slow consumer, which is cut off.
     fn queue(&self, out: Out) {
-        if self.sink.tx.try_send(out).is_err() {
+        if self.sink.push(out).is_err() {
             self.sink.kill.notify_one();
         }
     }
@@ -427,8 +458,7 @@ impl Conn {
                 let ack = format!(r#"40{{"sid":"{}"}}"#, random_id());
                 self.queue(Out::Frame(ack.into()));
                 if let Some(credentials) = auth.as_ref().and_then(handshake_credentials) {
-                    self.pending
-                        .push_back(Job::HandshakeAuth(Box::new(credentials)));
+                    self.on_event(Job::HandshakeAuth(Box::new(credentials)));
                 }
                 Ok(())
             }
@@ -453,6 +483,13 @@ impl Conn {
     }
 
     fn on_event(&mut self, job: Job) {
+        if self.running.is_none()
+            && self.pending.is_empty()
+            && let Some(session) = self.session.take()
+        {
+            self.running = Some(start(self.chat.clone(), session, job));
+            return;
+        }
         if self.pending.len() >= MAX_PENDING_EVENTS {
             let e = ChatError::RateLimited;
             self.emit_error(&e);
@@ -473,6 +510,10 @@ impl Conn {
             && let Some(session) = self.session.take()
         {
             self.running = Some(start(self.chat.clone(), session, job));
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            // A burst is over: give its memory back.
+            self.pending = VecDeque::new();
         }
     }
 
@@ -518,13 +559,7 @@ impl Conn {
     /// Ends the session: the running event finishes (a store write is never cut in half), the
     /// events already received run unless the server closed the session, the chat forgets the
     /// connection, and what is queued for the client is written before the WebSocket closes.
-    async fn close(
-        mut self,
-        end: End,
-        ws: &mut WebSocket,
-        rx: &mut mpsc::Receiver<Out>,
-        batch: &mut Vec<Out>,
-    ) {
+    async fn close(mut self, end: End, ws: &mut WebSocket) {
         if let Some(running) = self.running.take() {
             let (session, outcome) = running.await;
             self.session = Some(session);
@@ -543,22 +578,20 @@ impl Conn {
         if let Some(mut session) = self.session.take() {
             Box::pin(self.chat.disconnect(&mut session)).await;
         }
-        if end == End::Server && self.sink.tx.capacity() == 0 {
+        let frames = {
+            let mut outbox = self.sink.outbox.lock();
+            outbox.closed = true;
+            std::mem::take(&mut outbox.frames)
+        };
+        if end == End::Server && frames.len() >= self.sink.max_queued {
             // A slow consumer: nothing more is written to it.
             return;
         }
         let flushed = async {
-            while let Ok(out) = rx.try_recv() {
-                batch.push(out);
-                if batch.len() == WRITE_BATCH {
-                    let kill = Notify::new();
-                    if !matches!(write_batch(ws, batch, &kill).await, Written::Ok) {
-                        return;
-                    }
-                }
-            }
-            let kill = Notify::new();
-            if matches!(write_batch(ws, batch, &kill).await, Written::Failed) {
+            if matches!(
+                write_frames(ws, frames, &Notify::new()).await,
+                Written::Failed
+            ) {
                 return;
             }
             let _ = ws
