@@ -81,6 +81,8 @@ impl DirectState {
 
 /// Frames written before a slow write counts as a dead client.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest outbox buffer a connection keeps for reuse, frames.
+const REUSED_OUTBOX_SLOTS: usize = 32;
 /// Tungstenite writes its buffer out once it holds this much; `flush` writes the rest.
 const WS_WRITE_BUFFER: usize = 16 * 1024;
 
@@ -138,8 +140,9 @@ enum Out {
     Disconnect,
 }
 
-/// Frames waiting for the socket. Nothing is allocated while it is empty (an idle
-/// connection); the connection's task takes the whole queue at once and writes it.
+/// Frames waiting for the socket. The connection's task takes the whole queue at once, writes
+/// it and hands the emptied buffer back (`give_back`): a few slots per connection, reused, so
+/// queueing a broadcast for a recipient allocates nothing.
 #[derive(Default)]
 struct Outbox {
     frames: VecDeque<Out>,
@@ -177,6 +180,21 @@ impl DirectSink {
 
     fn take(&self) -> VecDeque<Out> {
         std::mem::take(&mut self.outbox.lock().frames)
+    }
+
+    /// Returns a written (empty) queue's buffer for reuse, so that a busy connection does not
+    /// allocate per frame. Only when nothing was queued meanwhile (else that queue has one),
+    /// and only a small one: a burst's big buffer (a join storm) is freed, not kept per
+    /// connection.
+    fn give_back(&self, frames: VecDeque<Out>) {
+        debug_assert!(frames.is_empty());
+        if frames.capacity() > REUSED_OUTBOX_SLOTS {
+            return;
+        }
+        let mut outbox = self.outbox.lock();
+        if outbox.frames.capacity() == 0 {
+            outbox.frames = frames;
+        }
     }
 }
 
@@ -299,9 +317,9 @@ async fn run(state: DirectState, mut ws: WebSocket) {
             () = conn.sink.kill.notified() => break End::Server,
             () = cfg.shutdown.cancelled() => break End::Shutdown,
             () = conn.sink.wake.notified() => {
-                let frames = conn.sink.take();
-                match Box::pin(write_frames(&mut ws, frames, &conn.sink.kill)).await {
-                    Written::Ok => {}
+                let mut frames = conn.sink.take();
+                match Box::pin(write_frames(&mut ws, &mut frames, &conn.sink.kill)).await {
+                    Written::Ok => conn.sink.give_back(frames),
                     Written::Disconnected | Written::Killed => break End::Server,
                     Written::Failed => break End::Client,
                 }
@@ -377,10 +395,10 @@ enum Written {
 }
 
 /// Writes the queued frames with one flush (one socket write for the lot when it fits).
-async fn write_frames(ws: &mut WebSocket, frames: VecDeque<Out>, kill: &Notify) -> Written {
+async fn write_frames(ws: &mut WebSocket, frames: &mut VecDeque<Out>, kill: &Notify) -> Written {
     let mut disconnect = false;
     let write = async {
-        for out in frames {
+        for out in frames.drain(..) {
             let frame = match out {
                 Out::Event(ev) => ev.sio_frame().clone(),
                 Out::Frame(frame) => frame,
@@ -578,7 +596,7 @@ impl Conn {
         if let Some(mut session) = self.session.take() {
             Box::pin(self.chat.disconnect(&mut session)).await;
         }
-        let frames = {
+        let mut frames = {
             let mut outbox = self.sink.outbox.lock();
             outbox.closed = true;
             std::mem::take(&mut outbox.frames)
@@ -589,7 +607,7 @@ impl Conn {
         }
         let flushed = async {
             if matches!(
-                write_frames(ws, frames, &Notify::new()).await,
+                write_frames(ws, &mut frames, &Notify::new()).await,
                 Written::Failed
             ) {
                 return;
