@@ -204,6 +204,8 @@ impl App {
                 shutdown: stop_workers.clone(),
                 max_payload_bytes: cfg.max_payload_bytes,
                 max_buffered_packets: cfg.max_outbound_queue,
+                ping_interval: cfg.ping_interval,
+                ping_timeout: cfg.ping_timeout,
             },
         );
         let allowed_origins = match &cfg.cors {
@@ -215,8 +217,8 @@ impl App {
             ws::WsConfig {
                 max_payload_bytes: cfg.max_payload_bytes as usize,
                 max_queued_frames: cfg.max_outbound_queue,
-                ping_interval: Duration::from_secs(25),
-                ping_timeout: Duration::from_secs(20),
+                ping_interval: cfg.ping_interval,
+                ping_timeout: cfg.ping_timeout,
                 allowed_origins,
                 workers: workers.clone(),
                 shutdown: stop_workers.clone(),
@@ -228,8 +230,8 @@ impl App {
             socketio::direct::DirectConfig {
                 max_payload_bytes: cfg.max_payload_bytes as usize,
                 max_queued_frames: cfg.max_outbound_queue,
-                ping_interval: Duration::from_secs(25),
-                ping_timeout: Duration::from_secs(20),
+                ping_interval: cfg.ping_interval,
+                ping_timeout: cfg.ping_timeout,
                 connect_timeout: Duration::from_secs(45),
                 workers: workers.clone(),
                 shutdown: stop_workers.clone(),

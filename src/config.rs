@@ -112,6 +112,12 @@ pub struct Cli {
     /// consumer and is disconnected
     #[arg(long, env = "MAX_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub max_outbound_queue: u32,
+    /// Milliseconds between the server's heartbeat pings (Socket.IO and raw WebSocket)
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+    /// Milliseconds a client has to answer a ping before it is disconnected
+    #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
     /// Messages sent to a client when it joins a room
     #[arg(long, env = "HISTORY_ON_JOIN", default_value_t = 50)]
     pub history_on_join: u32,
@@ -204,6 +210,10 @@ pub struct Config {
     pub cors: CorsConfig,
     pub max_payload_bytes: u64,
     pub max_outbound_queue: usize,
+    /// `PING_INTERVAL_MS`.
+    pub ping_interval: Duration,
+    /// `PING_TIMEOUT_MS`.
+    pub ping_timeout: Duration,
     pub auth: AuthConfig,
     pub chat: ChatConfig,
     pub shutdown_timeout: Duration,
@@ -336,6 +346,12 @@ impl Config {
         if cli.auth_timeout_secs == 0 {
             return Err(bad("AUTH_TIMEOUT_SECS", "must be at least 1"));
         }
+        if cli.ping_interval_ms < 100 {
+            return Err(bad("PING_INTERVAL_MS", "must be at least 100"));
+        }
+        if cli.ping_timeout_ms < 100 {
+            return Err(bad("PING_TIMEOUT_MS", "must be at least 100"));
+        }
         if cli.max_outbound_queue < 8 {
             return Err(bad("MAX_OUTBOUND_QUEUE", "must be at least 8"));
         }
@@ -388,6 +404,8 @@ impl Config {
                 auth_timeout: Duration::from_secs(cli.auth_timeout_secs),
             },
             max_outbound_queue: cli.max_outbound_queue as usize,
+            ping_interval: Duration::from_millis(cli.ping_interval_ms),
+            ping_timeout: Duration::from_millis(cli.ping_timeout_ms),
             shutdown_timeout: Duration::from_secs(cli.shutdown_timeout_secs),
         })
     }

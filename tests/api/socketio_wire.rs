@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::support::{WAIT, spawn_app};
+use crate::support::{WAIT, spawn_app, spawn_app_with};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -174,4 +174,43 @@ async fn a_broken_packet_closes_the_session_and_disconnect_leaves_the_rooms() {
             .await;
         while next_text(&mut ws).await.is_some() {}
     }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed_and_one_that_answers_stays() {
+    let app = spawn_app_with(&["--ping-interval-ms", "150", "--ping-timeout-ms", "150"]).await;
+    // The support client answers every ping.
+    let mut watcher = app.member("hb-watcher", "hb-room").await;
+    let (mut ws, open) = open(app.addr).await;
+    assert_eq!(
+        (open["pingInterval"].clone(), open["pingTimeout"].clone()),
+        (json!(150), json!(150))
+    );
+    send(&mut ws, r#"40{"userId":"hb-silent","username":"S"}"#).await;
+    assert!(next_text(&mut ws).await.unwrap().starts_with("40"));
+    send(&mut ws, r#"421["join_room",{"roomId":"hb-room"}]"#).await;
+    while !next_text(&mut ws).await.unwrap().starts_with("431") {}
+    watcher
+        .event_where("user_joined", |e| e["userId"] == "hb-silent")
+        .await;
+
+    // This one never answers: pings arrive, then the server closes it.
+    let mut pings = 0;
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a ping or the close in time");
+        match frame {
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => pings += 1,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    assert!(pings >= 1, "closed without a ping");
+    watcher
+        .event_where("user_left", |e| e["userId"] == "hb-silent")
+        .await;
+    // The watcher has lived through several intervals by now and still works.
+    let ack = watcher.say("hb-room", "still here").await;
+    assert_eq!(ack["success"], true, "{ack}");
 }

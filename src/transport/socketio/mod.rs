@@ -50,6 +50,8 @@ pub struct SocketIoConfig {
     pub shutdown: CancellationToken,
     /// Outbound packets buffered per connection before it counts as a slow consumer.
     pub max_buffered_packets: usize,
+    pub ping_interval: std::time::Duration,
+    pub ping_timeout: std::time::Duration,
 }
 
 /// Boxed payloads keep `Job` at two words: the queue's first block (32 slots, allocated
@@ -170,6 +172,8 @@ pub fn build(chat: Arc<ChatService>, cfg: SocketIoConfig) -> (SocketIoLayer, Soc
         .ws_max_message_size(cfg.max_payload_bytes as usize)
         .ws_max_frame_size(cfg.max_payload_bytes as usize)
         .max_buffer_size(cfg.max_buffered_packets)
+        .ping_interval(cfg.ping_interval)
+        .ping_timeout(cfg.ping_timeout)
         // Each WebSocket keeps a read buffer of this size for its lifetime (engineioxide's
         // default is 4 KiB); chat frames are small, and a bigger frame takes several reads.
         .ws_read_buffer_size(WS_READ_BUFFER)
