@@ -19,6 +19,17 @@ use dto::Inbound;
 /// (chat frames are small; a bigger frame takes several reads).
 pub const WS_READ_BUFFER: usize = 512;
 
+/// A WebSocket upgrade with the service's limits: the small read buffer and the payload cap
+/// (a longer message or frame closes the connection).
+pub fn limited_upgrade(
+    ws: axum::extract::ws::WebSocketUpgrade,
+    max_payload: usize,
+) -> axum::extract::ws::WebSocketUpgrade {
+    ws.read_buffer_size(WS_READ_BUFFER)
+        .max_message_size(max_payload)
+        .max_frame_size(max_payload)
+}
+
 /// Runs one client event and returns the fields of its success ack.
 pub async fn dispatch(
     chat: &ChatService,

@@ -50,7 +50,7 @@ use crate::auth::Credentials;
 use crate::chat::conn::{ClientSink, SinkError};
 use crate::chat::wire::{self, ServerEvent};
 use crate::chat::{ChatError, ChatService, Deadline, Session};
-use crate::transport::{WS_READ_BUFFER, ack_body, dispatch, sleep_until_deadline};
+use crate::transport::{ack_body, dispatch, limited_upgrade, sleep_until_deadline};
 
 pub struct DirectConfig {
     pub max_payload_bytes: usize,
@@ -122,11 +122,8 @@ pub async fn intercept(State(state): State<DirectState>, req: Request, next: Nex
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
     };
-    let max = state.cfg.max_payload_bytes;
-    ws.read_buffer_size(WS_READ_BUFFER)
+    limited_upgrade(ws, state.cfg.max_payload_bytes)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
         .on_upgrade(move |socket| {
             let workers = state.cfg.workers.clone();
             workers.track_future(run(state, socket))

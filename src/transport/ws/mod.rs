@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::chat::conn::{ClientSink, SinkError};
 use crate::chat::wire::{self, ServerEvent};
 use crate::chat::{ChatError, ChatService, Deadline, Session};
-use crate::transport::{WS_READ_BUFFER, ack_body, dispatch, sink_error, sleep_until_deadline};
+use crate::transport::{ack_body, dispatch, limited_upgrade, sink_error, sleep_until_deadline};
 
 #[derive(Clone)]
 pub struct WsConfig {
@@ -94,13 +94,10 @@ fn start(state: WsState, ws: WebSocketUpgrade, headers: &HeaderMap) -> Response 
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let max = state.cfg.max_payload_bytes;
-    ws.read_buffer_size(WS_READ_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let workers = state.cfg.workers.clone();
-            workers.track_future(run(state, socket))
-        })
+    limited_upgrade(ws, max).on_upgrade(move |socket| {
+        let workers = state.cfg.workers.clone();
+        workers.track_future(run(state, socket))
+    })
 }
 
 enum Out {
