@@ -12,12 +12,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method};
 use axum::serve::ListenerExt;
-use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::util::MapRequestLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::auth::{Authenticator, grpc::GrpcAuth, jwt::JwtAuth, none::NoAuth};
@@ -42,7 +40,6 @@ use crate::transport::{http, page, socketio, ws};
 pub struct App {
     listener: TcpListener,
     router: Router,
-    io: SocketIo,
     workers: TaskTracker,
     stop_workers: CancellationToken,
     chat: Arc<ChatService>,
@@ -197,17 +194,6 @@ impl App {
 
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
-        let (sio_layer, io) = socketio::build(
-            chat.clone(),
-            socketio::SocketIoConfig {
-                workers: workers.clone(),
-                shutdown: stop_workers.clone(),
-                max_payload_bytes: cfg.max_payload_bytes,
-                max_buffered_packets: cfg.max_outbound_queue,
-                ping_interval: cfg.ping_interval,
-                ping_timeout: cfg.ping_timeout,
-            },
-        );
         let allowed_origins = match &cfg.cors {
             CorsConfig::Any => None,
             CorsConfig::List(list) => Some(list.clone()),
@@ -225,9 +211,9 @@ impl App {
             },
             page::index,
         );
-        let direct = socketio::direct::DirectState::new(
+        let socket_io = socketio::router(
             chat.clone(),
-            socketio::direct::DirectConfig {
+            socketio::SocketIoConfig {
                 max_payload_bytes: cfg.max_payload_bytes as usize,
                 max_queued_frames: cfg.max_outbound_queue,
                 ping_interval: cfg.ping_interval,
@@ -240,13 +226,7 @@ impl App {
         let router = http::router(http::HttpState { chat: chat.clone() })
             .merge(page::router())
             .merge(ws_routes)
-            .layer(sio_layer)
-            // In front of socketioxide: takes the sessions opened directly on a WebSocket.
-            .layer(axum::middleware::from_fn_with_state(
-                direct,
-                socketio::direct::intercept,
-            ))
-            .layer(MapRequestLayer::new(socketio::compact_request))
+            .merge(socket_io)
             .layer(DefaultBodyLimit::max(cfg.max_payload_bytes as usize))
             .layer(cors_layer(&cfg.cors));
 
@@ -256,7 +236,6 @@ impl App {
         Ok(Self {
             listener,
             router,
-            io,
             workers,
             stop_workers,
             chat,
@@ -283,7 +262,6 @@ impl App {
         let Self {
             listener,
             router,
-            io,
             workers,
             stop_workers,
             chat,
@@ -334,13 +312,6 @@ impl App {
             .is_err()
         {
             tracing::warn!("connection workers did not finish in time");
-        }
-        tracing::info!("shutting down: closing connections");
-        if tokio::time::timeout(shutdown_timeout, io.close())
-            .await
-            .is_err()
-        {
-            tracing::warn!("clients did not all disconnect in time");
         }
         let _ = stop_http.send(());
         match tokio::time::timeout(shutdown_timeout, server).await {

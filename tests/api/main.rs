@@ -17,6 +17,7 @@ mod raw_ws;
 mod redis_outage;
 mod rest;
 mod socket_events;
+mod socketio_polling;
 mod socketio_wire;
 mod stores;
 mod validation;

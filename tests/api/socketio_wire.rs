@@ -1,5 +1,5 @@
 //! The Engine.IO v4 / Socket.IO v5 wire of a session opened directly on a WebSocket (served by
-//! `transport/socketio/direct.rs`), frame by frame. The socket.io-client e2e suite (websocket
+//! `transport/socketio/conn.rs`), frame by frame. The socket.io-client e2e suite (websocket
 //! mode) covers the same sessions through the official client.
 
 use futures_util::{SinkExt, StreamExt};

@@ -1,30 +1,30 @@
-//! Socket.IO on a WebSocket opened directly (`/socket.io/?EIO=4&transport=websocket` without a
-//! `sid`: what `transports: ['websocket']`, the mobile clients and `chat-bench` use), served by
-//! our own Engine.IO v4 / Socket.IO v5 code instead of socketioxide. Sessions that start on
-//! HTTP long-polling (and their upgrade to WebSocket) still go through socketioxide
-//! (`mod.rs`); both reach the same `ChatService`, so a room can mix them.
+//! One Socket.IO session: the task that serves it, whichever transport carries it. A session
+//! opened directly on a WebSocket (`transports: ['websocket']`, the mobile clients,
+//! `chat-bench`) runs on that WebSocket from its first frame; one opened on HTTP long-polling
+//! (socket.io-client's default in browsers) runs on the packets its POSTs bring and the GETs
+//! that take its outbox (`polling.rs`), until it upgrades: the upgraded WebSocket is handed to
+//! this same task, which goes on with the same session, outbox and pending events.
 //!
-//! Why: socketioxide serializes every emit per recipient, copies it into a new buffer and hands
-//! it to a writer task through a channel, and keeps three tasks per connection. Here one task
-//! per connection reads, writes, pings and runs the chat calls; a broadcast's packet is
-//! serialized once (`ServerEvent::sio_frame`) and every recipient's frame is a reference to the
-//! same bytes; frames queued while the socket was busy go out in one write. BENCHMARKS.md has
-//! the figures.
+//! One task per connection reads, writes, pings and runs the chat calls; a broadcast's packet
+//! is serialized once (`ServerEvent::sio_frame`) and every recipient's frame is a reference to
+//! the same bytes; frames queued while the socket was busy go out in one write (one HTTP
+//! response on polling). BENCHMARKS.md has the figures.
 //!
-//! The protocol subset a WebSocket-only session needs:
+//! The protocol:
 //! - Engine.IO: the open packet `0{...}` first, a server ping `2` every `ping_interval` answered
 //!   by `3` within `ping_timeout` (else the connection is closed), `1` close, `6` noop, `4`
 //!   message. A message over `max_payload_bytes` closes the connection (like maxHttpBufferSize).
 //! - Socket.IO, namespace `/` only: `0` CONNECT with an optional auth object (its `token` or
-//!   `userId` authenticates, as in `mod.rs`), answered `40{"sid":..}`; another namespace gets
+//!   `userId` authenticates), answered `40{"sid":..}`; another namespace gets
 //!   `44/nsp,{"message":"Invalid namespace"}`; no CONNECT within `connect_timeout` closes;
 //!   `2` EVENT with an optional ack id, answered by `3` ACK; `1` DISCONNECT ends the session;
 //!   binary events (no chat event carries binary) are refused with `invalid_payload`.
 //! - Events of a connection run one at a time in arrival order (SPEC 1); while one runs, later
 //!   ones wait (up to `MAX_PENDING_EVENTS`, then `rate_limited`) and the socket keeps being
 //!   read and written. A server-side close (`too_many_connections`) sends `41` after the
-//!   error and the ack; a shutdown finishes the received events, then closes the WebSocket
-//!   without `41`, so clients reconnect.
+//!   error and the ack; a shutdown finishes the received events, then closes the transport
+//!   without `41` (a WebSocket close frame, or the Engine.IO close packet `1` on polling), so
+//!   clients reconnect.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -33,132 +33,116 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::{Uri, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::{MAX_PENDING_EVENTS, handshake_credentials};
+use super::polling::{Incoming, PollLink};
+use super::{MAX_PENDING_EVENTS, SocketIoState, handshake_credentials};
 use crate::auth::Credentials;
 use crate::chat::conn::{ClientSink, SinkError};
 use crate::chat::wire::{self, ServerEvent};
 use crate::chat::{ChatError, ChatService, Deadline, Session};
 use crate::transport::{ack_body, dispatch, limited_upgrade, sleep_until_deadline};
 
-pub struct DirectConfig {
-    pub max_payload_bytes: usize,
-    /// Outbound frames queued per connection before it counts as a slow consumer.
-    pub max_queued_frames: usize,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    /// How long a client may take to send its namespace CONNECT.
-    pub connect_timeout: Duration,
-    pub workers: TaskTracker,
-    pub shutdown: CancellationToken,
-}
-
-#[derive(Clone)]
-pub struct DirectState {
-    chat: Arc<ChatService>,
-    cfg: Arc<DirectConfig>,
-}
-
-impl DirectState {
-    pub fn new(chat: Arc<ChatService>, cfg: DirectConfig) -> Self {
-        Self {
-            chat,
-            cfg: Arc::new(cfg),
-        }
-    }
-}
-
 /// Frames written before a slow write counts as a dead client.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest outbox buffer a connection keeps for reuse, frames.
 const REUSED_OUTBOX_SLOTS: usize = 32;
 /// Tungstenite writes its buffer out once it holds this much; `flush` writes the rest.
-const WS_WRITE_BUFFER: usize = 16 * 1024;
+pub(super) const WS_WRITE_BUFFER: usize = 16 * 1024;
+/// How long a transport that is closing may take to get its last frames out.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether the request opens a Socket.IO session directly on a WebSocket (Engine.IO v4, no
-/// `sid`: an upgrade from polling carries the polling session's `sid` and stays with
-/// socketioxide, as does anything that is not a WebSocket upgrade).
-pub fn is_direct_websocket(uri: &Uri, headers: &axum::http::HeaderMap) -> bool {
-    if !matches!(uri.path(), "/socket.io/" | "/socket.io") {
-        return false;
-    }
-    let upgrade = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !upgrade {
-        return false;
-    }
-    let (mut eio4, mut websocket) = (false, false);
-    for pair in uri.query().unwrap_or("").split('&') {
-        match pair.split_once('=').unwrap_or((pair, "")) {
-            ("EIO", "4") => eio4 = true,
-            ("transport", "websocket") => websocket = true,
-            ("sid", _) => return false,
-            _ => {}
-        }
-    }
-    eio4 && websocket
+/// A WebSocket upgrade with the service's limits and write buffer.
+pub(super) fn websocket(ws: WebSocketUpgrade, state: &SocketIoState) -> WebSocketUpgrade {
+    limited_upgrade(ws, state.cfg.max_payload_bytes).write_buffer_size(WS_WRITE_BUFFER)
 }
 
-/// Middleware in front of socketioxide's layer: takes the direct WebSocket sessions.
-pub async fn intercept(State(state): State<DirectState>, req: Request, next: Next) -> Response {
-    if !is_direct_websocket(req.uri(), req.headers()) {
-        return next.run(req).await;
-    }
-    let (mut parts, _body) = req.into_parts();
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(e) => return e.into_response(),
-    };
-    limited_upgrade(ws, state.cfg.max_payload_bytes)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            let workers = state.cfg.workers.clone();
-            workers.track_future(run(state, socket))
+/// A session opened directly on a WebSocket: the open packet goes out first, on the socket.
+pub(super) fn accept_websocket(state: SocketIoState, ws: WebSocketUpgrade) -> Response {
+    websocket(ws, &state).on_upgrade(move |mut socket| {
+        let workers = state.cfg.workers.clone();
+        workers.track_future(async move {
+            let open = open_packet(&random_id(), false, &state);
+            if Box::pin(socket.send(Message::Text(open.into())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let sink = SessionSink::new(state.cfg.max_queued_frames);
+            run(state, sink, Link::Ws(socket)).await;
         })
+    })
 }
 
-enum Out {
+/// The Engine.IO open packet; `upgrades` names `websocket` for a polling session.
+pub(super) fn open_packet(sid: &str, upgrades: bool, state: &SocketIoState) -> String {
+    let cfg = &state.cfg;
+    format!(
+        r#"0{{"sid":"{sid}","upgrades":[{}],"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
+        if upgrades { r#""websocket""# } else { "" },
+        cfg.ping_interval.as_millis(),
+        cfg.ping_timeout.as_millis(),
+        cfg.max_payload_bytes
+    )
+}
+
+pub(super) enum Out {
     Event(Arc<ServerEvent>),
     Frame(Utf8Bytes),
     /// Socket.IO DISCONNECT (`41`), then close: a server-side close.
     Disconnect,
 }
 
+impl Out {
+    /// The Engine.IO packet, as a WebSocket frame carries it (and a polling payload).
+    pub fn into_text(self) -> Utf8Bytes {
+        match self {
+            Out::Event(ev) => ev.sio_frame().clone(),
+            Out::Frame(frame) => frame,
+            Out::Disconnect => Utf8Bytes::from_static("41"),
+        }
+    }
+}
+
 /// Frames waiting for the socket. The connection's task takes the whole queue at once, writes
 /// it and hands the emptied buffer back (`give_back`): a few slots per connection, reused, so
 /// queueing a broadcast for a recipient allocates nothing.
 #[derive(Default)]
-struct Outbox {
-    frames: VecDeque<Out>,
+pub(super) struct Outbox {
+    pub frames: VecDeque<Out>,
     /// The connection's task has ended: nothing more is accepted.
-    closed: bool,
+    pub closed: bool,
 }
 
-/// A direct Socket.IO connection as `chat` sees it.
-struct DirectSink {
-    outbox: Mutex<Outbox>,
-    /// Wakes the connection's task when the outbox stops being empty.
-    wake: Notify,
-    /// Ends the connection at once (a slow consumer, or a close that cannot be queued).
-    kill: Notify,
+/// A Socket.IO session as `chat` sees it.
+pub(super) struct SessionSink {
+    pub outbox: Mutex<Outbox>,
+    /// Wakes whoever writes the outbox when it stops being empty: the connection's task on a
+    /// WebSocket, the pending GET on polling.
+    pub wake: Notify,
+    /// Ends the connection at once (a slow consumer, a close that cannot be queued, a `41`
+    /// delivered on polling, a polling request that breaks the protocol).
+    pub kill: Notify,
     max_queued: usize,
 }
 
-impl DirectSink {
-    fn push(&self, out: Out) -> Result<(), SinkError> {
+impl SessionSink {
+    pub fn new(max_queued: usize) -> Arc<Self> {
+        Arc::new(Self {
+            outbox: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
+            kill: Notify::new(),
+            max_queued: max_queued.max(1),
+        })
+    }
+
+    pub fn push(&self, out: Out) -> Result<(), SinkError> {
         let mut outbox = self.outbox.lock();
         if outbox.closed {
             return Err(SinkError::Closed);
@@ -175,7 +159,7 @@ impl DirectSink {
         Ok(())
     }
 
-    fn take(&self) -> VecDeque<Out> {
+    pub fn take(&self) -> VecDeque<Out> {
         std::mem::take(&mut self.outbox.lock().frames)
     }
 
@@ -183,7 +167,7 @@ impl DirectSink {
     /// allocate per frame. Only when nothing was queued meanwhile (else that queue has one),
     /// and only a small one: a burst's big buffer (a join storm) is freed, not kept per
     /// connection.
-    fn give_back(&self, frames: VecDeque<Out>) {
+    pub fn give_back(&self, frames: VecDeque<Out>) {
         debug_assert!(frames.is_empty());
         if frames.capacity() > REUSED_OUTBOX_SLOTS {
             return;
@@ -195,7 +179,7 @@ impl DirectSink {
     }
 }
 
-impl ClientSink for DirectSink {
+impl ClientSink for SessionSink {
     fn send(&self, event: &Arc<ServerEvent>) -> Result<(), SinkError> {
         self.push(Out::Event(event.clone()))
     }
@@ -251,19 +235,69 @@ async fn poll_running(running: &mut Option<Running>) -> (Session, Outcome) {
 }
 
 /// Why the read loop ended.
-#[derive(PartialEq, Eq)]
-enum End {
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub(super) enum End {
     /// The client closed, went silent or broke the protocol: received events still run.
     Client,
     /// The server closed the session (`41` sent) or cut off a slow consumer.
     Server,
-    /// Shutdown: received events run, then the WebSocket closes without `41`.
+    /// Shutdown: received events run, then the transport closes without `41`.
     Shutdown,
+}
+
+/// What carries the session now. The WebSocket is inline: it is what most connections hold
+/// for their whole life, and boxing it would cost each of them an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Link {
+    Ws(WebSocket),
+    /// Long-polling, until an upgrade hands over a WebSocket.
+    Polling(Box<PollLink>),
+}
+
+/// What the transport brought.
+enum Input {
+    /// One Engine.IO packet (a WebSocket text frame).
+    Packet(Utf8Bytes),
+    /// A polling POST's payload: packets separated by `\x1e`.
+    Payload(String),
+    /// The upgraded WebSocket of a polling session.
+    Upgrade(Box<WebSocket>),
+    /// Nothing for the session (binary frames, WebSocket pings).
+    Skip,
+    Closed,
+}
+
+async fn next_input(link: &mut Link) -> Input {
+    match link {
+        Link::Ws(ws) => match ws.next().await {
+            Some(Ok(Message::Text(text))) => Input::Packet(text),
+            // Attachments of a (refused) binary event.
+            Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => Input::Skip,
+            Some(Ok(Message::Close(_))) | None => Input::Closed,
+            Some(Err(e)) => {
+                // Oversized messages end here too (the protocol layer refuses them).
+                tracing::debug!(error = %e, "socket.io websocket read error");
+                Input::Closed
+            }
+        },
+        Link::Polling(polling) => match polling.incoming().await {
+            Some(Incoming::Payload(payload)) => Input::Payload(payload),
+            Some(Incoming::Upgrade(ws)) => Input::Upgrade(ws),
+            None => Input::Closed,
+        },
+    }
+}
+
+/// What one Engine.IO packet asks of the connection's loop.
+enum Step {
+    Continue,
+    Pong,
+    Close,
 }
 
 struct Conn {
     chat: Arc<ChatService>,
-    sink: Arc<DirectSink>,
+    sink: Arc<SessionSink>,
     session: Option<Session>,
     running: Option<Running>,
     pending: VecDeque<Job>,
@@ -273,24 +307,8 @@ struct Conn {
 
 /// The connection's task. Its future stays small (an idle connection is mostly this task):
 /// the chat calls and the socket writes are boxed futures that exist only while they run.
-async fn run(state: DirectState, mut ws: WebSocket) {
+pub(super) async fn run(state: SocketIoState, sink: Arc<SessionSink>, mut link: Link) {
     let cfg = &state.cfg;
-    let sink = Arc::new(DirectSink {
-        outbox: Mutex::new(Outbox::default()),
-        wake: Notify::new(),
-        kill: Notify::new(),
-        max_queued: cfg.max_queued_frames.max(1),
-    });
-    let open = format!(
-        r#"0{{"sid":"{}","upgrades":[],"pingInterval":{},"pingTimeout":{},"maxPayload":{}}}"#,
-        random_id(),
-        cfg.ping_interval.as_millis(),
-        cfg.ping_timeout.as_millis(),
-        cfg.max_payload_bytes
-    );
-    if Box::pin(ws.send(Message::Text(open.into()))).await.is_err() {
-        return;
-    }
     let mut conn = Conn {
         chat: state.chat.clone(),
         session: Some(Session::new(sink.clone())),
@@ -309,77 +327,77 @@ async fn run(state: DirectState, mut ws: WebSocket) {
         } else {
             conn.session.as_ref().and_then(|s| conn.chat.deadline(s))
         };
-        tokio::select! {
+        let step = tokio::select! {
             biased;
             () = conn.sink.kill.notified() => break End::Server,
             () = cfg.shutdown.cancelled() => break End::Shutdown,
-            () = conn.sink.wake.notified() => {
+            // On polling the GETs write the outbox.
+            () = conn.sink.wake.notified(), if matches!(link, Link::Ws(_)) => {
+                let Link::Ws(ws) = &mut link else { continue };
                 let mut frames = conn.sink.take();
-                match Box::pin(write_frames(&mut ws, &mut frames, &conn.sink.kill)).await {
+                match Box::pin(write_frames(ws, &mut frames, &conn.sink.kill)).await {
                     Written::Ok => conn.sink.give_back(frames),
                     Written::Disconnected | Written::Killed => break End::Server,
                     Written::Failed => break End::Client,
                 }
+                continue;
             }
             (session, outcome) = poll_running(&mut conn.running) => {
                 conn.running = None;
                 conn.session = Some(session);
                 conn.finish(outcome);
                 conn.start_next();
+                continue;
             }
             () = &mut heartbeat => {
                 if awaiting_pong {
-                    tracing::debug!("socket.io websocket: no pong in time, closing");
+                    tracing::debug!("socket.io: no pong in time, closing");
                     break End::Client;
                 }
                 conn.queue(Out::Frame(Utf8Bytes::from_static("2")));
                 awaiting_pong = true;
                 heartbeat.as_mut().reset(Instant::now() + cfg.ping_timeout);
+                continue;
             }
             () = sleep_until_deadline(deadline) => {
                 if !conn.connected {
-                    tracing::debug!("socket.io websocket: no CONNECT in time, closing");
+                    tracing::debug!("socket.io: no CONNECT in time, closing");
                     break End::Client;
                 }
                 if conn.running.is_none() {
                     conn.deadline_passed();
                 }
+                continue;
             }
-            frame = ws.next() => {
-                let text = match frame {
-                    Some(Ok(Message::Text(text))) => text,
-                    // Attachments of a (refused) binary event.
-                    Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break End::Client,
-                    Some(Err(e)) => {
-                        // Oversized messages end here too (the protocol layer refuses them).
-                        tracing::debug!(error = %e, "socket.io websocket read error");
-                        break End::Client;
+            input = next_input(&mut link) => match input {
+                Input::Packet(text) => conn.on_engine_packet(&text),
+                Input::Payload(payload) => match conn.on_payload(&payload) {
+                    Ok(step) => step,
+                    Err(()) => break End::Client,
+                },
+                Input::Upgrade(ws) => {
+                    if let Link::Polling(polling) = &link {
+                        polling.upgraded();
+                        link = Link::Ws(*ws);
+                        // What waits in the outbox goes out on the WebSocket now.
+                        conn.sink.wake.notify_one();
                     }
-                };
-                match text.as_bytes().first() {
-                    Some(b'3') => {
-                        awaiting_pong = false;
-                        heartbeat.as_mut().reset(Instant::now() + cfg.ping_interval);
-                    }
-                    Some(b'4') => {
-                        if let Err(why) = conn.on_packet(&text[1..]) {
-                            tracing::debug!(%why, "socket.io websocket: bad packet, closing");
-                            break End::Client;
-                        }
-                        conn.start_next();
-                    }
-                    Some(b'6' | b'2') => {}
-                    Some(b'1') => break End::Client,
-                    _ => {
-                        tracing::debug!("socket.io websocket: bad engine.io packet, closing");
-                        break End::Client;
-                    }
+                    Step::Continue
                 }
+                Input::Skip => Step::Continue,
+                Input::Closed => break End::Client,
+            },
+        };
+        match step {
+            Step::Continue => {}
+            Step::Pong => {
+                awaiting_pong = false;
+                heartbeat.as_mut().reset(Instant::now() + cfg.ping_interval);
             }
+            Step::Close => break End::Client,
         }
     };
-    Box::pin(conn.close(end, &mut ws)).await;
+    Box::pin(conn.close(end, &mut link)).await;
 }
 
 enum Written {
@@ -396,15 +414,8 @@ async fn write_frames(ws: &mut WebSocket, frames: &mut VecDeque<Out>, kill: &Not
     let mut disconnect = false;
     let write = async {
         for out in frames.drain(..) {
-            let frame = match out {
-                Out::Event(ev) => ev.sio_frame().clone(),
-                Out::Frame(frame) => frame,
-                Out::Disconnect => {
-                    disconnect = true;
-                    Utf8Bytes::from_static("41")
-                }
-            };
-            ws.feed(Message::Text(frame)).await?;
+            disconnect = matches!(out, Out::Disconnect);
+            ws.feed(Message::Text(out.into_text())).await?;
             if disconnect {
                 break;
             }
@@ -441,6 +452,41 @@ impl Conn {
 
     fn ack(&self, id: u64, body: &Value) {
         self.queue(Out::Frame(format!("43{id}[{body}]").into()));
+    }
+
+    /// A polling payload: its packets in order. `Err` when one closes the session.
+    fn on_payload(&mut self, payload: &str) -> Result<Step, ()> {
+        let mut step = Step::Continue;
+        // Base64 packets (`b...`) are attachments of a refused binary event.
+        for packet in payload.split('\x1e').filter(|p| !p.starts_with('b')) {
+            match self.on_engine_packet(packet) {
+                Step::Close => return Err(()),
+                Step::Pong => step = Step::Pong,
+                Step::Continue => {}
+            }
+        }
+        Ok(step)
+    }
+
+    /// One Engine.IO packet from the client.
+    fn on_engine_packet(&mut self, text: &str) -> Step {
+        match text.as_bytes().first() {
+            Some(b'3') => Step::Pong,
+            Some(b'4') => {
+                if let Err(why) = self.on_packet(&text[1..]) {
+                    tracing::debug!(%why, "socket.io: bad packet, closing");
+                    return Step::Close;
+                }
+                self.start_next();
+                Step::Continue
+            }
+            Some(b'6' | b'2') => Step::Continue,
+            Some(b'1') => Step::Close,
+            _ => {
+                tracing::debug!("socket.io: bad engine.io packet, closing");
+                Step::Close
+            }
+        }
     }
 
     /// A Socket.IO packet (the Engine.IO message's payload). `Err` closes the connection.
@@ -574,7 +620,17 @@ impl Conn {
     /// Ends the session: the running event finishes (a store write is never cut in half), the
     /// events already received run unless the server closed the session, the chat forgets the
     /// connection, and what is queued for the client is written before the WebSocket closes.
-    async fn close(mut self, end: End, ws: &mut WebSocket) {
+    async fn close(mut self, end: End, link: &mut Link) {
+        if end != End::Server
+            && let Link::Polling(polling) = link
+        {
+            // Packets whose POST was answered `ok` count as received.
+            while let Some(payload) = polling.accepted_payload() {
+                if self.on_payload(&payload).is_err() {
+                    break;
+                }
+            }
+        }
         if let Some(running) = self.running.take() {
             let (session, outcome) = running.await;
             self.session = Some(session);
@@ -593,13 +649,25 @@ impl Conn {
         if let Some(mut session) = self.session.take() {
             Box::pin(self.chat.disconnect(&mut session)).await;
         }
-        let mut frames = {
+        let (slow, mut frames) = {
             let mut outbox = self.sink.outbox.lock();
             outbox.closed = true;
-            std::mem::take(&mut outbox.frames)
+            let slow = end == End::Server && outbox.frames.len() >= self.sink.max_queued;
+            if slow {
+                // A slow consumer: nothing more is written to it.
+                outbox.frames.clear();
+            }
+            match link {
+                // The next GET takes what is left, with the close packet.
+                Link::Polling(_) => (slow, VecDeque::new()),
+                Link::Ws(_) => (slow, std::mem::take(&mut outbox.frames)),
+            }
         };
-        if end == End::Server && frames.len() >= self.sink.max_queued {
-            // A slow consumer: nothing more is written to it.
+        let ws = match link {
+            Link::Polling(polling) => return polling.close(end).await,
+            Link::Ws(ws) => ws,
+        };
+        if slow {
             return;
         }
         let flushed = async {
@@ -616,7 +684,7 @@ impl Conn {
                 })))
                 .await;
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flushed).await;
     }
 }
 
@@ -706,7 +774,7 @@ fn split_ack_id(rest: &str, binary: bool) -> Result<((Option<u64>, usize), &str)
 }
 
 /// 20 URL-safe characters, like the ids socket.io hands out.
-fn random_id() -> String {
+pub(super) fn random_id() -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 15]>())
 }
@@ -714,29 +782,6 @@ fn random_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(upgrade: bool) -> axum::http::HeaderMap {
-        let mut h = axum::http::HeaderMap::new();
-        if upgrade {
-            h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn only_direct_engine_io_4_websockets_are_taken() {
-        let taken = |uri: &str, up| is_direct_websocket(&uri.parse().unwrap(), &headers(up));
-        assert!(taken("/socket.io/?EIO=4&transport=websocket", true));
-        assert!(taken("/socket.io/?transport=websocket&EIO=4&t=x", true));
-        assert!(!taken(
-            "/socket.io/?EIO=4&transport=websocket&sid=abc",
-            true
-        ));
-        assert!(!taken("/socket.io/?EIO=4&transport=polling", true));
-        assert!(!taken("/socket.io/?EIO=3&transport=websocket", true));
-        assert!(!taken("/socket.io/?EIO=4&transport=websocket", false));
-        assert!(!taken("/ws?EIO=4&transport=websocket", true));
-    }
 
     #[test]
     fn event_arguments() {
