@@ -8,7 +8,7 @@
 # are measured back to back (the order alternates between runs); the table reports the median of
 # the runs. Scenario settings can be overridden with environment variables (CONNECTIONS,
 # ROOM_SIZE, RATE, DURATION, WARMUP, MESSAGE_SIZE, WORKERS, EXTRA_ARGS, SERVERS="rust node",
-# REDIS_URL for s4).
+# REDIS_URL for s4, UPGRADE=1 for sessions that start on long-polling and upgrade).
 # Results: bench/results/<scenario>-<server>-<run>.json and bench/results/<scenario>.md.
 #
 # RAMP=1 (any scenario) searches the maximum sustainable rate instead: chat-bench starts at RATE
@@ -55,10 +55,17 @@ esac
 
 # NAME prefixes the result files: a ramp's JSON has another shape than one run's, so it must
 # not mix with the fixed-rate results of the same scenario in summarize.js.
-NAME=$SCENARIO
+# UPGRADE=1: Socket.IO sessions start on long-polling and upgrade to WebSocket (the browser
+# default) instead of opening on a WebSocket; results are named <scenario>-upgrade-...
+BASE=$SCENARIO
+if [ "${UPGRADE:-0}" = 1 ]; then
+  BASE=$SCENARIO-upgrade
+  EXTRA_ARGS="$EXTRA_ARGS --upgrade"
+fi
+NAME=$BASE
 RAMP_ARGS=()
 if [ "$RAMP" = 1 ]; then
-  NAME=$SCENARIO-ramp
+  NAME=$BASE-ramp
   RAMP_ARGS=(--ramp --p99-max-ms "${P99_MAX_MS:-20}" --ramp-factor "${RAMP_FACTOR:-1.5}"
     --ramp-steps "${RAMP_STEPS:-10}")
   # matplotlib for bench/plot.py, in the repo's venv (scripts/setup.sh creates it): installed
@@ -179,5 +186,5 @@ done
 
 node bench/summarize.js "$NAME" "$RUNS" "$OUT" | tee "$OUT/$NAME.md"
 if [ "$RAMP" = 1 ]; then
-  .venv/bin/python bench/plot.py "$SCENARIO" "$RUNS" "$OUT" "$OUT/$NAME.png"
+  .venv/bin/python bench/plot.py "$BASE" "$RUNS" "$OUT" "$OUT/$NAME.png"
 fi

@@ -36,9 +36,10 @@ fn start_server(data_dir: &Path) -> (Child, String) {
     (server, url)
 }
 
-fn start_bench(url: &str, json: &Path, duration: &str) -> Child {
+fn start_bench(url: &str, json: &Path, duration: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_chat-bench"))
         .args(["--url", url, "--connections", "20", "--room-size", "2"])
+        .args(extra)
         .args(["--rate", "200", "--duration", duration, "--warmup", "0.5"])
         .args(["--drain", "2", "--quiet", "--json"])
         .arg(json)
@@ -68,18 +69,23 @@ fn summary(path: &Path) -> Value {
 
 #[test]
 fn a_healthy_run_delivers_everything_and_exits_zero() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (mut server, url) = start_server(dir.path());
-    let json = dir.path().join("summary.json");
-    let mut bench = start_bench(&url, &json, "2");
-    let status = wait_with_timeout(&mut bench, Duration::from_secs(30));
-    let _ = server.kill();
-    let _ = server.wait();
-    let s = summary(&json);
-    assert!(status.success(), "exit {status:?}, summary {s}");
-    assert_eq!(s["delivery_ratio"], 1.0, "{s}");
-    assert!(s["delivered"].as_u64().unwrap() >= 700, "{s}");
-    assert_eq!(s["delivered"], s["expected_deliveries"], "{s}");
+    // Sessions opened on a WebSocket, and sessions that start on long-polling and upgrade.
+    for extra in [&[][..], &["--upgrade"][..]] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut server, url) = start_server(dir.path());
+        let json = dir.path().join("summary.json");
+        let mut bench = start_bench(&url, &json, "2", extra);
+        let status = wait_with_timeout(&mut bench, Duration::from_secs(30));
+        let _ = server.kill();
+        let _ = server.wait();
+        let s = summary(&json);
+        assert!(status.success(), "{extra:?}: exit {status:?}, summary {s}");
+        assert_eq!(s["upgrade"], !extra.is_empty(), "{s}");
+        assert_eq!(s["connected"], 20, "{s}");
+        assert_eq!(s["delivery_ratio"], 1.0, "{s}");
+        assert!(s["delivered"].as_u64().unwrap() >= 700, "{s}");
+        assert_eq!(s["delivered"], s["expected_deliveries"], "{s}");
+    }
 }
 
 #[test]
@@ -87,7 +93,7 @@ fn killing_the_server_mid_run_is_reported_as_loss() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut server, url) = start_server(dir.path());
     let json = dir.path().join("summary.json");
-    let mut bench = start_bench(&url, &json, "4");
+    let mut bench = start_bench(&url, &json, "4", &[]);
     std::thread::sleep(Duration::from_millis(2500));
     server.kill().expect("kill server");
     let _ = server.wait();

@@ -1,5 +1,6 @@
 //! `chat-bench`: the load generator of issue 8. It opens `--connections` WebSocket connections
-//! (Socket.IO over Engine.IO v4, or the raw JSON-frame protocol), authenticates each as its own
+//! (Socket.IO over Engine.IO v4, opened on a WebSocket or, with `--upgrade`, on long-polling and
+//! then upgraded as browsers do; or the raw JSON-frame protocol), authenticates each as its own
 //! user, puts them in rooms of `--room-size`, then sends `send_message` at an aggregate
 //! `--rate` for `--warmup` + `--duration` seconds, round-robin over the connections.
 //!
@@ -69,6 +70,11 @@ struct Args {
     url: Vec<String>,
     #[arg(long, value_enum, default_value_t = Protocol::Socketio)]
     protocol: Protocol,
+    /// Socket.IO only: open each session on HTTP long-polling and upgrade it to WebSocket, as
+    /// socket.io-client does by default in browsers (the handshake GET, then the WebSocket
+    /// with the session's `sid`: `2probe`, `3probe`, `5`).
+    #[arg(long)]
+    upgrade: bool,
     /// Connections in total (over all workers).
     #[arg(long, default_value_t = 100)]
     connections: usize,
@@ -263,6 +269,7 @@ struct ConnSpec {
     user: String,
     room: String,
     room_len: u32,
+    upgrade: bool,
 }
 
 struct Conn {
@@ -306,14 +313,9 @@ fn parse_ack(proto: Protocol, text: &str) -> Option<(u64, bool)> {
     }
 }
 
-async fn connect_one(
-    addr: SocketAddr,
-    host: &str,
-    proto: Protocol,
-    spec: &ConnSpec,
-) -> Result<Ws, String> {
+async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    if let Some(ip) = spec.source {
+    if let Some(ip) = source {
         sock.bind(SocketAddr::new(ip, 0))
             .map_err(|e| format!("bind {ip}: {e}"))?;
     }
@@ -322,16 +324,84 @@ async fn connect_one(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let url = match proto {
-        Protocol::Socketio => format!("ws://{host}/socket.io/?EIO=4&transport=websocket"),
-        Protocol::Raw => format!("ws://{host}/ws"),
+    Ok(stream)
+}
+
+/// The Engine.IO polling handshake (one HTTP/1.1 GET on its own connection): the session id.
+async fn polling_handshake(
+    addr: SocketAddr,
+    host: &str,
+    source: Option<IpAddr>,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tcp_connect(addr, source).await?;
+    let request = format!(
+        "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("handshake write: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| format!("handshake read: {e}"))?;
+    let response = String::from_utf8_lossy(&response);
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "handshake refused: {}",
+            response.lines().next().unwrap_or("")
+        ));
+    }
+    // The body is the open packet `0{...}` (maybe chunked: the first JSON value is taken).
+    let open = response
+        .find("\r\n\r\n")
+        .and_then(|at| response[at..].find("0{").map(|o| at + o + 1))
+        .ok_or("handshake: no open packet")?;
+    let open: Value = serde_json::Deserializer::from_str(&response[open..])
+        .into_iter::<Value>()
+        .next()
+        .and_then(Result::ok)
+        .ok_or("handshake: bad open packet")?;
+    open["sid"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| "handshake: no sid".to_string())
+}
+
+async fn connect_one(
+    addr: SocketAddr,
+    host: &str,
+    proto: Protocol,
+    spec: &ConnSpec,
+) -> Result<Ws, String> {
+    let sid = match spec.upgrade {
+        true => Some(polling_handshake(addr, host, spec.source).await?),
+        false => None,
+    };
+    let stream = tcp_connect(addr, spec.source).await?;
+    let url = match (proto, &sid) {
+        (Protocol::Socketio, None) => format!("ws://{host}/socket.io/?EIO=4&transport=websocket"),
+        (Protocol::Socketio, Some(sid)) => {
+            format!("ws://{host}/socket.io/?EIO=4&transport=websocket&sid={sid}")
+        }
+        (Protocol::Raw, _) => format!("ws://{host}/ws"),
     };
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
         .await
         .map_err(|e| format!("websocket: {e}"))?;
     if proto == Protocol::Socketio {
-        // Engine.IO open packet, then the Socket.IO connect of the main namespace.
-        wait_text(&mut ws, proto, |t| t.starts_with('0')).await?;
+        if sid.is_some() {
+            // The upgrade: probe, then switch the session to this WebSocket.
+            send_text(&mut ws, "2probe".into()).await?;
+            wait_text(&mut ws, proto, |t| t == "3probe").await?;
+            send_text(&mut ws, "5".into()).await?;
+        } else {
+            // The Engine.IO open packet.
+            wait_text(&mut ws, proto, |t| t.starts_with('0')).await?;
+        }
+        // The Socket.IO connect of the main namespace.
         send_text(&mut ws, "40".into()).await?;
         wait_text(&mut ws, proto, |t| t.starts_with("40")).await?;
     }
@@ -617,6 +687,7 @@ impl LocalWorker {
                     user: format!("b{run_id}-{i}"),
                     room: format!("bench-{run_id}-{room}"),
                     room_len: (last - first) as u32,
+                    upgrade: args.upgrade && args.protocol == Protocol::Socketio,
                 });
             }
         }
@@ -1117,6 +1188,7 @@ fn summarize(
     let summary = json!({
         "label": args.label,
         "protocol": args.protocol,
+        "upgrade": args.upgrade,
         "connections": args.connections,
         "connected": connect.0,
         "room_size": args.room_size,
