@@ -62,21 +62,17 @@ pub(super) fn websocket(ws: WebSocketUpgrade, state: &SocketIoState) -> WebSocke
     limited_upgrade(ws, state.cfg.max_payload_bytes).write_buffer_size(WS_WRITE_BUFFER)
 }
 
-/// A session opened directly on a WebSocket: the open packet goes out first, on the socket.
+/// A session opened directly on a WebSocket: the open packet is its first frame.
 pub(super) fn accept_websocket(state: SocketIoState, ws: WebSocketUpgrade) -> Response {
-    websocket(ws, &state).on_upgrade(move |mut socket| {
+    websocket(ws, &state).on_upgrade(move |socket| {
+        let sink = SessionSink::new(state.cfg.max_queued_frames);
+        let open = open_packet(&random_id(), false, &state);
+        // The outbox is empty: this cannot be refused.
+        let _ = sink.push(Out::Frame(open.into()));
+        // `run` is the task's whole future (no wrapper holding the socket beside it): an idle
+        // connection is mostly this task.
         let workers = state.cfg.workers.clone();
-        workers.track_future(async move {
-            let open = open_packet(&random_id(), false, &state);
-            if Box::pin(socket.send(Message::Text(open.into())))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let sink = SessionSink::new(state.cfg.max_queued_frames);
-            run(state, sink, Link::Ws(socket)).await;
-        })
+        workers.track_future(run(state, sink, Link::Ws(socket)))
     })
 }
 

@@ -90,12 +90,11 @@ impl PollLink {
     }
 
     /// The task has ended and closed the outbox: a GET takes what is left with the close packet
-    /// `1`. Waited for (bounded) when there is something to deliver; a client that closed or
-    /// went silent is not waited for.
+    /// `1`. On shutdown that GET is waited for (bounded), so the client learns it should
+    /// reconnect; a client that closed, went silent or broke the protocol is not waited for.
     pub async fn close(&mut self, end: End) {
         self.shared.sink.wake.notify_one();
-        let left = !self.shared.sink.outbox.lock().frames.is_empty();
-        if left || end == End::Shutdown {
+        if end == End::Shutdown {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.close_sent.notified())
                 .await;
         }
