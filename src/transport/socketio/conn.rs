@@ -687,7 +687,7 @@ impl Conn {
 /// An EVENT's arguments `[name, data, ...]`: the name (empty when not a string) and the first
 /// argument, or why it cannot be read (missing, or a value no decoder takes, such as nesting
 /// deeper than serde_json's recursion limit: that is the client's `invalid_payload`, not a
-/// broken packet). Later arguments are ignored, as with socketioxide's `Data` extractor.
+/// broken packet). Later arguments are ignored, as socketioxide's `Data` extractor did.
 fn parse_event(json: &str) -> Result<(String, Result<Value, String>), &'static str> {
     let name_of = |v: Value| match v {
         Value::String(name) => name,
