@@ -111,10 +111,25 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Takes the flag; `None` when a request of the same kind is already pending.
-fn busy(flag: &AtomicBool) -> Option<Busy<'_>> {
-    (!flag.swap(true, Ordering::AcqRel)).then_some(Busy(flag))
+impl PollSession {
+    /// Admits a GET or POST (`flag` says which is pending): refused after the upgrade, and a
+    /// second one of the same kind while one is pending breaks the session, as in engine.io.
+    /// `None`: answer 400.
+    fn admit<'a>(&self, flag: &'a AtomicBool, what: &str) -> Option<Busy<'a>> {
+        if self.upgraded.load(Ordering::Acquire) {
+            return None;
+        }
+        if flag.swap(true, Ordering::AcqRel) {
+            tracing::debug!("socket.io polling: overlapping {what}, closing");
+            self.sink.kill.notify_one();
+            return None;
+        }
+        Some(Busy(flag))
+    }
 }
+
+/// Content type of the polling payloads and the open packet.
+const PLAIN: &str = "text/plain; charset=UTF-8";
 
 fn text(body: impl Into<axum::body::Body>, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
@@ -152,24 +167,19 @@ pub fn handshake(state: &SocketIoState) -> Response {
             .workers
             .track_future(conn::run(state.clone(), sink, link)),
     );
-    text(open, "text/plain; charset=UTF-8")
+    text(open, PLAIN)
 }
 
 /// A GET: everything queued, as one payload, once there is something.
 pub async fn poll(session: Arc<PollSession>) -> Response {
-    if session.upgraded.load(Ordering::Acquire) {
-        return bad_request();
-    }
-    let Some(_busy) = busy(&session.getting) else {
-        tracing::debug!("socket.io polling: overlapping GET, closing");
-        session.sink.kill.notify_one();
+    let Some(_busy) = session.admit(&session.getting, "GET") else {
         return bad_request();
     };
     loop {
         if session.upgraded.load(Ordering::Acquire) {
             // The task writes the WebSocket now; pass on the wake-up this took.
             session.sink.wake.notify_one();
-            return text("6", "text/plain; charset=UTF-8");
+            return text("6", PLAIN);
         }
         let (mut frames, closed) = {
             let mut outbox = session.sink.outbox.lock();
@@ -206,18 +216,13 @@ pub async fn poll(session: Arc<PollSession>) -> Response {
             payload.push('1');
             session.close_sent.notify_one();
         }
-        return text(payload, "text/plain; charset=UTF-8");
+        return text(payload, PLAIN);
     }
 }
 
 /// A POST: the client's packets, for the session's task.
 pub async fn post(session: Arc<PollSession>, body: Result<Bytes, Response>) -> Response {
-    if session.upgraded.load(Ordering::Acquire) {
-        return bad_request();
-    }
-    let Some(_busy) = busy(&session.posting) else {
-        tracing::debug!("socket.io polling: overlapping POST, closing");
-        session.sink.kill.notify_one();
+    let Some(_busy) = session.admit(&session.posting, "POST") else {
         return bad_request();
     };
     // Over `MAX_PAYLOAD_BYTES`: 413, as engine.io answers (the session stays).
