@@ -27,9 +27,12 @@ pub struct Cli {
     /// Address to listen on
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
-    /// `production` or `development` (kept for compatibility; logs JSON in production)
+    /// `production` or `development` (kept for compatibility)
     #[arg(long, env = "NODE_ENV", default_value = "development")]
     pub node_env: String,
+    /// Log lines on stderr: text (human-readable) or json (one JSON object per line)
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
 
     /// Storage backend: embedded (a file under DATA_DIR), mongodb or postgres
     #[arg(long, env = "STORAGE")]
@@ -164,6 +167,16 @@ pub enum StorageKind {
     Postgres,
 }
 
+/// `LOG_FORMAT`: how `main.rs` writes the log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, the event's fields
+    /// and the fields of the spans it happened in.
+    Json,
+}
+
 #[derive(Clone)]
 pub enum AuthConfig {
     None,
@@ -195,6 +208,7 @@ pub struct RedisConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub production: bool,
+    pub log_format: LogFormat,
     pub storage: StorageKind,
     pub data_dir: PathBuf,
     /// `DATABASE_URL` (`STORAGE=postgres`).
@@ -252,6 +266,16 @@ impl Config {
 
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
         let bad = |var: &str, why: &str| ConfigError(format!("{var}: {why}"));
+        let log_format = match cli.log_format.trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(bad(
+                    "LOG_FORMAT",
+                    &format!("unknown format {other:?} (text, json)"),
+                ));
+            }
+        };
         let storage = match cli.storage.as_deref().map(str::trim) {
             None | Some("") if cli.mongodb_uri.is_some() => StorageKind::Mongo,
             None | Some("") | Some("embedded") => StorageKind::Embedded,
@@ -375,6 +399,7 @@ impl Config {
         Ok(Self {
             listen: SocketAddr::new(cli.host, cli.port),
             production: cli.node_env == "production",
+            log_format,
             storage,
             data_dir: cli.data_dir,
             database_url: cli.database_url,
@@ -476,6 +501,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("log_format", &self.log_format)
             .field("storage", &self.storage)
             .field("data_dir", &self.data_dir)
             .field(
@@ -522,6 +548,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("CORS_ORIGIN"), "{e}");
+        let e = parse(&["--log-format", "xml"]).unwrap_err().to_string();
+        assert!(e.contains("LOG_FORMAT"), "{e}");
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        assert_eq!(parse(&[]).unwrap().log_format, LogFormat::Text);
+        let c = parse(&["--log-format", "json"]).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - `transport`: Socket.IO, REST, the client page. Uses `chat`, `domain`, the `auth` types.
 //! - `app`: the composition root, the only module that names concrete adapters.
 //! - `config`: the typed configuration tree.
+//! - `telemetry`: the log output (`LOG_FORMAT`: text or JSON lines).
 
 pub mod app;
 pub mod auth;
@@ -20,4 +21,5 @@ pub mod domain;
 pub mod events;
 pub mod presence;
 pub mod store;
+pub mod telemetry;
 pub mod transport;

@@ -3,8 +3,7 @@
 use std::io::Write;
 
 use chat_service::app::{App, shutdown_signal};
-use chat_service::config::Config;
-use tracing_subscriber::EnvFilter;
+use chat_service::config::{Config, LogFormat};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -19,17 +18,16 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    let log_format = cfg.log_format;
+    chat_service::telemetry::init(log_format);
     let app = match App::build(cfg).await {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("chat-service: {e:#}");
+            match log_format {
+                LogFormat::Text => eprintln!("chat-service: {e:#}"),
+                // Every stderr line stays a JSON object.
+                LogFormat::Json => tracing::error!(error = format!("{e:#}"), "start-up failed"),
+            }
             std::process::exit(2);
         }
     };

@@ -8,6 +8,7 @@ mod broker;
 mod conformance;
 mod grpc_auth;
 mod limits;
+mod logs;
 mod mongo;
 mod multi_instance;
 mod notifications;
