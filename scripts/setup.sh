@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, on a fresh Debian machine:
-# Node.js + npm, Debian's Chromium (browser test), redis-server (multi-instance tests), nginx (deployment test), the e2e npm packages, and the Python venv
-# (.venv/) of the python-socketio client test and of the MongoDB stand-in (nx-27017).
+# Node.js + npm, Debian's Chromium (browser test), redis-server (multi-instance tests), nginx (deployment test),
+# systemd's systemd-analyze (check of the systemd unit), the e2e npm packages, and the Python venv
+# (.venv/) of the python-socketio client test, of the MongoDB stand-in (nx-27017) and of the
+# deployment checks (kubernetes-validate).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # nginx: the deployment test runs deploy/nginx.conf in a real nginx (as a child, in a temp prefix).
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# systemd-analyze: scripts/check_deploy.py verifies deploy/chat-service.service with it (it needs
+# no running systemd).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # Debian's python3 has the venv module but no ensurepip until python3-venv is installed.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -31,16 +36,18 @@ if [ ! -f e2e/node_modules/.package-lock.json ] || [ e2e/package-lock.json -nt e
   (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# Python venv (.venv/) of e2e/python (python-socketio client) and of the MongoDB stand-in
-# (nx-27017): created when missing, reinstalled when a requirements file is newer than the
-# stamp written after the last successful install.
-if [ ! -x .venv/bin/python ] || [ ! -f .venv/.requirements-stamp ] \
-  || [ e2e/python/requirements.txt -nt .venv/.requirements-stamp ] \
-  || [ scripts/mongo-standin-requirements.txt -nt .venv/.requirements-stamp ]; then
-  echo "setup: python venv .venv/ + pip install (python-socketio client, nx-27017)"
+# Python venv (.venv/) of e2e/python (python-socketio client), of the MongoDB stand-in
+# (nx-27017) and of the deployment checks (kubernetes-validate): created when missing,
+# reinstalled when a requirements file is newer than the stamp written after the last
+# successful install.
+requirements=(e2e/python/requirements.txt scripts/mongo-standin-requirements.txt scripts/deploy-check-requirements.txt)
+stale=false
+[ -x .venv/bin/python ] && [ -f .venv/.requirements-stamp ] || stale=true
+for r in "${requirements[@]}"; do [ "$r" -nt .venv/.requirements-stamp ] && stale=true; done
+if $stale; then
+  echo "setup: python venv .venv/ + pip install (python-socketio client, nx-27017, kubernetes-validate)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check \
-    -r e2e/python/requirements.txt -r scripts/mongo-standin-requirements.txt
+  .venv/bin/pip install --quiet --disable-pip-version-check "${requirements[@]/#/-r}"
   touch .venv/.requirements-stamp
 fi
 

@@ -3,6 +3,7 @@
 # a real Redis and the notification ones on a real RabbitMQ, started when not running), the official socket.io-client end-to-end suite
 # (polling, websocket and upgrade, wscat, two instances behind a real nginx) once against one
 # instance, once across two instances, and once each on the PostgreSQL and MongoDB stores,
+# the checks of the deployment examples (systemd unit, Kubernetes manifests),
 # the python-socketio client test, and
 # the real-browser test of the page.
 set -euo pipefail
@@ -27,6 +28,9 @@ cargo test --locked
 step "build the binary for the end-to-end suites"
 cargo build --locked
 export CHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-service"
+
+step "deployment examples: systemd unit and Kubernetes manifests against the binary"
+.venv/bin/python scripts/check_deploy.py -v
 
 step "socket.io-client e2e suite"
 (cd e2e && npm test)
