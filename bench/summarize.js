@@ -1,7 +1,8 @@
 // Reads bench/results/<scenario>-<server>-<run>.json and prints a markdown table: the median of
 // the runs for each server and the ratio chat-service / Node.js reference. Ramp results
 // (bench/run.sh with RAMP=1, <scenario> = e.g. s2-ramp) get their own table: the maximum
-// sustainable rate and the figures of the last passing ("best") step.
+// sustainable rate and the figures of the last passing ("best") step. Server CPU per delivery
+// is also split into user and kernel time (results of a chat-bench without the split print n/a).
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -19,6 +20,8 @@ const rows = [
   ['latency max (ms)', (s) => s.latency_ms.max],
   ['server CPU (s)', (s) => s.server.cpu_seconds],
   ['server CPU µs / delivery', (s) => s.server.cpu_us_per_delivery],
+  ['server user CPU µs / delivery', (s) => s.server.cpu_user_us_per_delivery],
+  ['server kernel CPU µs / delivery', (s) => s.server.cpu_sys_us_per_delivery],
   ['server RSS after connect (KB)', (s) => s.server.rss_kb_start],
   ['server RSS at end (KB)', (s) => s.server.rss_kb_end],
   ['RSS growth / connection (KB)', (s) => s.server.rss_per_connection_kb],
@@ -116,6 +119,8 @@ function summarizeRamp() {
     ['best step: latency max (ms)', (r) => r.best && r.best.latency_ms.max],
     ['best step: server CPU (s)', (r) => r.best && r.best.server.cpu_seconds],
     ['best step: server CPU µs / delivery', (r) => r.best && r.best.server.cpu_us_per_delivery],
+    ['best step: server user CPU µs / delivery', (r) => r.best && r.best.server.cpu_user_us_per_delivery],
+    ['best step: server kernel CPU µs / delivery', (r) => r.best && r.best.server.cpu_sys_us_per_delivery],
     ['best step: server RSS at end (KB)', (r) => r.best && r.best.server.rss_kb_end],
   ];
   printTable(rampRows);

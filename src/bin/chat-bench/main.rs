@@ -14,9 +14,9 @@
 //! `--workers N` re-executes this binary N times (one share of the rooms each, so a message's
 //! sender and receivers live in one process); the children talk to the parent over
 //! stdin/stdout lines (`READY`, `RUN`, `PROGRESS`, `RESULT`, `QUIT`) and the parent merges
-//! their counters and histograms. `--server-pid` samples the server's CPU time and RSS from
-//! `/proc`. `--ramp` raises the rate step by step until delivery < 100% or p99 exceeds
-//! `--p99-max-ms` and reports the last passing rate.
+//! their counters and histograms. `--server-pid` samples the server's CPU time (user and
+//! kernel) and RSS from `/proc`. `--ramp` raises the rate step by step until delivery < 100%
+//! or p99 exceeds `--p99-max-ms` and reports the last passing rate.
 //!
 //! What lives where:
 //!
@@ -30,7 +30,7 @@
 //! | `bench.rs` | scenario: the parent: connect every worker, run a phase on all, sample the server, merge |
 //! | `ramp.rs` | scenario: one fixed-rate phase, or the ramp and its rule |
 //! | `stats.rs` | measurement: counters, latency histograms, merging results of several processes |
-//! | `procfs.rs` | measurement: the server's CPU and RSS from `/proc`, the load average |
+//! | `procfs.rs` | measurement: the server's CPU (user, kernel) and RSS from `/proc`, the load average |
 //! | `report.rs` | report: the JSON summary of a phase and of a ramp, printing and `--json` |
 
 mod bench;
@@ -102,8 +102,8 @@ struct Args {
     /// Worker processes (each holds a share of the rooms; use when the open-file limit binds).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Server process(es) to sample (/proc/<pid>/stat utime+stime, /proc/<pid>/status VmRSS);
-    /// a comma list sums CPU and RSS over the processes.
+    /// Server process(es) to sample (/proc/<pid>/stat utime and stime, /proc/<pid>/status
+    /// VmRSS); a comma list sums CPU and RSS over the processes.
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
     /// Write the JSON summary to this file (it is always printed on stdout too).

@@ -1,4 +1,4 @@
-//! Measurement of the server from outside: CPU time and RSS of the
+//! Measurement of the server from outside: CPU time (user and kernel apart) and RSS of the
 //! server process(es) from `/proc/<pid>/stat` and `/proc/<pid>/status`, and the machine's load
 //! average. A sample is taken before connecting, at the end of the warm-up and at the end of
 //! each phase; the differences are the phase's cost.
@@ -6,9 +6,18 @@
 /// Server process figures from /proc.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcSample {
-    /// User + kernel CPU seconds (`utime` + `stime`).
-    pub cpu_seconds: f64,
+    /// CPU seconds in user mode (`utime`).
+    pub cpu_user_s: f64,
+    /// CPU seconds in the kernel on the process's behalf (`stime`).
+    pub cpu_sys_s: f64,
     pub rss_kb: u64,
+}
+
+impl ProcSample {
+    /// User + kernel CPU seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_user_s + self.cpu_sys_s
+    }
 }
 
 /// Clock ticks per second (the unit of `utime`/`stime`).
@@ -34,7 +43,8 @@ pub fn sample_proc(pids: &[u32], ticks: f64) -> Option<ProcSample> {
     let mut total = ProcSample::default();
     for &pid in pids {
         let s = sample_one(pid, ticks)?;
-        total.cpu_seconds += s.cpu_seconds;
+        total.cpu_user_s += s.cpu_user_s;
+        total.cpu_sys_s += s.cpu_sys_s;
         total.rss_kb += s.rss_kb;
     }
     Some(total)
@@ -55,7 +65,8 @@ fn sample_one(pid: u32, ticks: f64) -> Option<ProcSample> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     Some(ProcSample {
-        cpu_seconds: (utime + stime) / ticks,
+        cpu_user_s: utime / ticks,
+        cpu_sys_s: stime / ticks,
         rss_kb,
     })
 }

@@ -1,5 +1,5 @@
 //! The report: one phase's JSON summary (`summarize`: counters, latency percentiles, errors,
-//! the server's CPU and RSS, pass or fail), the ramp's summary around its
+//! the server's CPU as user + kernel and its RSS, pass or fail), the ramp's summary around its
 //! steps (`ramp_summary`), and writing the result to stdout and `--json`.
 //!
 //! The JSON is read by `bench/summarize.js`, `bench/plot.py` and `tests/bench_loss.rs`: fields
@@ -34,10 +34,16 @@ pub fn summarize(
     };
     let errors = connect.1 + c.send_errors + c.ack_failed + c.disconnects + c.server_errors;
     let passed = c.delivered >= c.expected && errors == 0 && connect.0 == args.connections;
+    // The server's CPU during the measured window: (total, user, kernel) seconds.
     let cpu = match (start, end) {
-        (Some(s), Some(e)) => Some(e.cpu_seconds - s.cpu_seconds),
+        (Some(s), Some(e)) => Some((
+            e.cpu_seconds() - s.cpu_seconds(),
+            e.cpu_user_s - s.cpu_user_s,
+            e.cpu_sys_s - s.cpu_sys_s,
+        )),
         _ => None,
     };
+    let per_delivery = |seconds: f64| (c.delivered > 0).then(|| seconds * 1e6 / c.delivered as f64);
     let per_conn = match (baseline, start) {
         (Some(b), Some(s)) if connect.0 > 0 => {
             Some((s.rss_kb as f64 - b.rss_kb as f64) / connect.0 as f64)
@@ -80,8 +86,12 @@ pub fn summarize(
         },
         "server": {
             "pid": args.server_pid,
-            "cpu_seconds": cpu,
-            "cpu_us_per_delivery": cpu.filter(|_| c.delivered > 0).map(|s| s * 1e6 / c.delivered as f64),
+            "cpu_seconds": cpu.map(|c| c.0),
+            "cpu_us_per_delivery": cpu.and_then(|c| per_delivery(c.0)),
+            "cpu_user_seconds": cpu.map(|c| c.1),
+            "cpu_user_us_per_delivery": cpu.and_then(|c| per_delivery(c.1)),
+            "cpu_sys_seconds": cpu.map(|c| c.2),
+            "cpu_sys_us_per_delivery": cpu.and_then(|c| per_delivery(c.2)),
             "rss_kb_before_connect": baseline.map(|s| s.rss_kb),
             "rss_kb_start": start.map(|s| s.rss_kb),
             "rss_kb_end": end.map(|s| s.rss_kb),
