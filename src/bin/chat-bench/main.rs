@@ -15,8 +15,9 @@
 //! sender and receivers live in one process); the children talk to the parent over
 //! stdin/stdout lines (`READY`, `RUN`, `PROGRESS`, `RESULT`, `QUIT`) and the parent merges
 //! their counters and histograms. `--server-pid` samples the server's CPU time (user and
-//! kernel) and RSS from `/proc`. `--ramp` raises the rate step by step until delivery < 100%
-//! or p99 exceeds `--p99-max-ms` and reports the last passing rate.
+//! kernel) and RSS from `/proc`. `--ramp` raises the rate step by step; a step that fails
+//! (delivery < 100% or p99 over `--p99-max-ms`) is run once more at the same rate, and the
+//! ramp stops when it fails twice in a row, reporting the highest passing rate.
 //!
 //! What lives where:
 //!
@@ -28,7 +29,7 @@
 //! | `worker.rs` | scenario: one process's connections and the send scheduler of a phase |
 //! | `child.rs` | scenario: `--workers` child processes and their line protocol, both sides |
 //! | `bench.rs` | scenario: the parent: connect every worker, run a phase on all, sample the server, merge |
-//! | `ramp.rs` | scenario: one fixed-rate phase, or the ramp and its rule |
+//! | `ramp.rs` | scenario: one fixed-rate phase, or the ramp and its rule (a step fails when it fails twice in a row) |
 //! | `stats.rs` | measurement: counters, latency histograms, merging results of several processes |
 //! | `procfs.rs` | measurement: the server's CPU (user, kernel) and RSS from `/proc`, the load average |
 //! | `report.rs` | report: the JSON summary of a phase and of a ramp, printing and `--json` |
@@ -109,7 +110,8 @@ struct Args {
     /// Write the JSON summary to this file (it is always printed on stdout too).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Raise the rate step by step (x --ramp-factor) until delivery < 100% or p99 > --p99-max-ms.
+    /// Raise the rate step by step (x --ramp-factor) until a step fails twice in a row
+    /// (delivery < 100% or p99 > --p99-max-ms; a failing step is run once more at its rate).
     #[arg(long)]
     ramp: bool,
     #[arg(long, default_value_t = 1.5)]

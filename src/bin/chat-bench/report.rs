@@ -104,12 +104,13 @@ pub fn summarize(
     (summary, passed)
 }
 
-/// The ramp's JSON: its bound, the highest passing rate, that step's summary (`best`, null when
-/// no step passed) and every step.
+/// The ramp's JSON: its rule, the highest passing rate, that step's passing attempt (`best`,
+/// null when no step passed) and every step.
 pub fn ramp_summary(args: &Args, best: Option<(f64, Value)>, steps: Vec<Value>) -> Value {
     json!({
         "ramp": true,
         "p99_max_ms": args.p99_max_ms,
+        "attempts_per_step": crate::ramp::ATTEMPTS_PER_STEP,
         "max_sustainable_rate": best.as_ref().map(|(r, _)| *r),
         "best": best.map(|(_, s)| s),
         "steps": steps,
