@@ -8,7 +8,8 @@ reference = node) and writes a PNG (default <dir>/<scenario>-ramp.png): p50 and 
 room size at the top), one line per server and percentile. With several runs, each step's
 point is the median over the runs that reached that step (every run starts at the same rate
 and multiplies it by the same factor, so the steps line up). A step where some run delivered
-less than 100% is drawn as a large hollow red circle: its latency only counts what arrived.
+less than 100% is drawn as a large hollow red circle: its latency only counts what arrived. A
+step that chat-bench ran twice (its first attempt failed) is drawn with its second attempt.
 The p99 bound of the ramp is the dashed horizontal line.
 """
 

@@ -13,7 +13,9 @@
 #
 # RAMP=1 (any scenario) searches the maximum sustainable rate instead: chat-bench starts at RATE
 # and multiplies it by RAMP_FACTOR (1.5) for up to RAMP_STEPS (10) steps, stopping at the first
-# step with delivery < 100% or p99 > P99_MAX_MS (20). Results are named <scenario>-ramp-...,
+# step that fails twice in a row (delivery < 100% or p99 > P99_MAX_MS (20); a failing step is
+# run once more at the same rate, so one latency spike does not decide the maximum, which is the
+# highest passing step). Results are named <scenario>-ramp-...,
 # and bench/plot.py draws bench/results/<scenario>-ramp.png (latency vs offered load).
 set -euo pipefail
 

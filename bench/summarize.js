@@ -1,7 +1,8 @@
 // Reads bench/results/<scenario>-<server>-<run>.json and prints a markdown table: the median of
 // the runs for each server and the ratio chat-service / Node.js reference. Ramp results
 // (bench/run.sh with RAMP=1, <scenario> = e.g. s2-ramp) get their own table: the maximum
-// sustainable rate and the figures of the last passing ("best") step.
+// sustainable rate and the figures of the last passing ("best") step. Server CPU per delivery
+// is also split into user and kernel time (results of a chat-bench without the split print n/a).
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -19,6 +20,8 @@ const rows = [
   ['latency max (ms)', (s) => s.latency_ms.max],
   ['server CPU (s)', (s) => s.server.cpu_seconds],
   ['server CPU µs / delivery', (s) => s.server.cpu_us_per_delivery],
+  ['server user CPU µs / delivery', (s) => s.server.cpu_user_us_per_delivery],
+  ['server kernel CPU µs / delivery', (s) => s.server.cpu_sys_us_per_delivery],
   ['server RSS after connect (KB)', (s) => s.server.rss_kb_start],
   ['server RSS at end (KB)', (s) => s.server.rss_kb_end],
   ['RSS growth / connection (KB)', (s) => s.server.rss_per_connection_kb],
@@ -86,13 +89,17 @@ function printTable(metrics) {
 
 // A ramp JSON is {ramp, p99_max_ms, max_sustainable_rate, best, steps}: `best` and each step
 // are summaries like a fixed-rate result (offered_rate, delivered_per_s, latency_ms, ...), and
-// `best` is null when not even the first step passed.
+// `best` is null when not even the first step passed. Since chat-bench retries a failing step
+// once (`attempts_per_step`: 2), a step's figures are its deciding attempt, with `attempts` and,
+// when it ran twice, the failed `first_attempt`; older results have none of the three.
 function summarizeRamp() {
   const steps0 = first.steps[0] || {};
   const factor = first.steps.length > 1 ? first.steps[1].offered_rate / first.steps[0].offered_rate : null;
+  const retries = (first.attempts_per_step ?? 1) > 1;
   console.log(`### ${scenario}: ${steps0.connections} connections, rooms of ${steps0.room_size}, ` +
     `rate from ${fmt(steps0.offered_rate)} msg/s` + (factor ? ` (x ${fmt(factor)} per step)` : '') +
-    ` until delivery < 100% or p99 > ${first.p99_max_ms} ms, ${steps0.duration_s} s measured ` +
+    ` until ${retries ? 'a step fails twice in a row (' : ''}delivery < 100% or p99 > ${first.p99_max_ms} ms` +
+    `${retries ? '; a failing step is run once more at the same rate)' : ''}, ${steps0.duration_s} s measured ` +
     `(+${steps0.warmup_s} s warm-up) per step, ${steps0.message_size}-byte messages, protocol ${steps0.protocol}`);
   console.log('');
   const loads = [...results.rust, ...results.node].map((r) => {
@@ -107,6 +114,7 @@ function summarizeRamp() {
   const rampRows = [
     ['max sustainable rate (msg/s)', (r) => r.max_sustainable_rate ?? 0],
     ['steps run', (r) => r.steps.length],
+    ['steps run twice (failed once)', (r) => r.steps.filter((s) => s.first_attempt).length],
     ['best step: delivered / s', (r) => r.best && r.best.delivered_per_s],
     ['best step: delivery ratio', (r) => r.best && r.best.delivery_ratio],
     ['best step: latency p50 (ms)', (r) => r.best && r.best.latency_ms.p50],
@@ -116,21 +124,32 @@ function summarizeRamp() {
     ['best step: latency max (ms)', (r) => r.best && r.best.latency_ms.max],
     ['best step: server CPU (s)', (r) => r.best && r.best.server.cpu_seconds],
     ['best step: server CPU µs / delivery', (r) => r.best && r.best.server.cpu_us_per_delivery],
+    ['best step: server user CPU µs / delivery', (r) => r.best && r.best.server.cpu_user_us_per_delivery],
+    ['best step: server kernel CPU µs / delivery', (r) => r.best && r.best.server.cpu_sys_us_per_delivery],
     ['best step: server RSS at end (KB)', (r) => r.best && r.best.server.rss_kb_end],
   ];
   printTable(rampRows);
   console.log('');
-  // Every step of every run: offered -> delivered/s, delivery ratio, p99, pass or fail.
+  // Every step of every run: offered -> delivered/s, delivery ratio, p99, pass or fail (a step
+  // run twice: the first attempt's p99 and delivery, then the second's figures).
   for (const server of servers) {
     results[server].forEach((r, i) => {
       // When the last step passed too, the ramp ran out of steps before finding the limit.
       const last = r.steps[r.steps.length - 1];
       const bound = last && last.passed ? ' (every step passed: a lower bound, raise RAMP_STEPS)' : '';
       console.log(`${server} run ${i + 1}: max sustainable ${fmt(r.max_sustainable_rate)} msg/s${bound}; steps: ` +
-        r.steps.map((s) => `${fmt(s.offered_rate)} msg/s -> ${fmt(s.delivered_per_s)} deliveries/s, ` +
+        r.steps.map((s) => `${fmt(s.offered_rate)} msg/s -> ` + firstAttempt(s) +
+          `${fmt(s.delivered_per_s)} deliveries/s, ` +
           `delivery ${fmt(s.delivery_ratio)}, p99 ${fmt(s.latency_ms.p99)} ms, ` +
           `cpu µs/delivery ${fmt(s.server.cpu_us_per_delivery)}, ${s.passed ? 'pass' : 'FAIL'}`).join(' | '));
       console.log('');
     });
   }
+}
+
+// The failed first attempt of a step that was run twice, as a prefix of the step's figures.
+function firstAttempt(s) {
+  const f = s.first_attempt;
+  if (!f) return '';
+  return `FAIL (delivery ${fmt(f.delivery_ratio)}, p99 ${fmt(f.latency_ms.p99)} ms), again: `;
 }

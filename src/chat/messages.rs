@@ -1,0 +1,58 @@
+//! `send_message`: the message is built here (id, timestamp), stored durably through the store
+//! port (which also writes its notification event to the outbox), then published to the room;
+//! an idempotent replay (`clientMessageId` seen before) returns the stored message and is not
+//! delivered again.
+
+use serde::Serialize;
+
+use super::{ChatError, ChatService, Session};
+use crate::domain::{
+    ClientMessageId, Message, MessageBody, MessageId, MessageType, RoomEvent, RoomId, now_ms,
+};
+
+/// The `send_message` command, built by the transports' DTO conversion.
+#[derive(Debug, Clone)]
+pub struct SendMessage {
+    pub room_id: RoomId,
+    pub body: MessageBody,
+    pub message_type: MessageType,
+    pub client_message_id: Option<ClientMessageId>,
+}
+
+/// The ack of `send_message`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sent {
+    pub message_id: MessageId,
+    pub timestamp: u64,
+}
+
+impl ChatService {
+    /// `send_message`: stored durably, then delivered to every member including the sender.
+    pub async fn send(&self, s: &mut Session, cmd: SendMessage) -> Result<Sent, ChatError> {
+        let me = self.require_member(s, &cmd.room_id)?;
+        if !self.rate.allow(&me.user_id) {
+            return Err(ChatError::RateLimited);
+        }
+        let now = now_ms();
+        let message = Message {
+            message_id: MessageId::generate(now),
+            room_id: cmd.room_id,
+            user_id: me.user_id,
+            username: me.username,
+            message: cmd.body,
+            message_type: cmd.message_type,
+            timestamp: now,
+            client_message_id: cmd.client_message_id,
+        };
+        let appended = self.store.append(message).await?;
+        let sent = Sent {
+            message_id: appended.message.message_id.clone(),
+            timestamp: appended.message.timestamp,
+        };
+        if !appended.duplicate {
+            self.publish(RoomEvent::Message(appended.message)).await;
+        }
+        Ok(sent)
+    }
+}
