@@ -35,6 +35,7 @@ use crate::store::mongo::{MongoConfig, MongoStore};
 use crate::store::postgres::{PostgresConfig, PostgresStore};
 use crate::store::redis_cache::RedisCachedStore;
 use crate::store::{MessageStore, OutboxConfig, embedded::EmbeddedStore};
+use crate::transport::session::SessionConfig;
 use crate::transport::{http, page, socketio, ws};
 
 pub struct App {
@@ -198,31 +199,24 @@ impl App {
             CorsConfig::Any => None,
             CorsConfig::List(list) => Some(list.clone()),
         };
+        let session = Arc::new(SessionConfig {
+            max_payload_bytes: cfg.max_payload_bytes as usize,
+            max_queued_frames: cfg.max_outbound_queue,
+            ping_interval: cfg.ping_interval,
+            ping_timeout: cfg.ping_timeout,
+            connect_timeout: Duration::from_secs(45),
+            workers: workers.clone(),
+            shutdown: stop_workers.clone(),
+        });
         let ws_routes = ws::router(
             chat.clone(),
             ws::WsConfig {
-                max_payload_bytes: cfg.max_payload_bytes as usize,
-                max_queued_frames: cfg.max_outbound_queue,
-                ping_interval: cfg.ping_interval,
-                ping_timeout: cfg.ping_timeout,
+                session: session.clone(),
                 allowed_origins,
-                workers: workers.clone(),
-                shutdown: stop_workers.clone(),
             },
             page::index,
         );
-        let socket_io = socketio::router(
-            chat.clone(),
-            socketio::SocketIoConfig {
-                max_payload_bytes: cfg.max_payload_bytes as usize,
-                max_queued_frames: cfg.max_outbound_queue,
-                ping_interval: cfg.ping_interval,
-                ping_timeout: cfg.ping_timeout,
-                connect_timeout: Duration::from_secs(45),
-                workers: workers.clone(),
-                shutdown: stop_workers.clone(),
-            },
-        );
+        let socket_io = socketio::router(chat.clone(), socketio::SocketIoConfig { session });
         let router = http::router(http::HttpState { chat: chat.clone() })
             .merge(page::router())
             .merge(ws_routes)

@@ -1,34 +1,29 @@
 //! The wire: Socket.IO (`socketio/`), plain WebSocket JSON frames (`ws/`) and REST
 //! (`http/`). Each turns frames into the commands of `chat` and results back into frames;
 //! no rule of the chat lives here. `dispatch` is the one place where a client event of either
-//! socket transport becomes a `ChatService` call and its ack.
+//! socket protocol becomes a `ChatService` call and its ack.
+//!
+//! Map of this folder:
+//! - `session/`: the session engine, one task per socket connection whatever its protocol
+//!   (outbox, ordering, heartbeats, backpressure, slow consumers, shutdown);
+//! - `websocket.rs`: the WebSocket carrier of a session (both protocols);
+//! - `socketio/`: the Engine.IO/Socket.IO codec, the long-polling carrier and the routes;
+//! - `ws/`: the raw JSON-frame codec and its routes (`/`, `/ws`);
+//! - `dto.rs`: socket event payloads -> chat commands; `http/`: REST, errors, OpenAPI;
+//!   `page.rs`: the client page.
 
 pub mod dto;
 pub mod http;
 pub mod page;
+pub mod session;
 pub mod socketio;
+pub mod websocket;
 pub mod ws;
 
 use serde_json::{Value, json};
 
-use crate::chat::conn::SinkError;
 use crate::chat::{ChatError, ChatService, Session, wire};
 use dto::Inbound;
-
-/// Read buffer of each WebSocket, bytes: allocated for the connection's lifetime, so small
-/// (chat frames are small; a bigger frame takes several reads).
-pub const WS_READ_BUFFER: usize = 512;
-
-/// A WebSocket upgrade with the service's limits: the small read buffer and the payload cap
-/// (a longer message or frame closes the connection).
-pub fn limited_upgrade(
-    ws: axum::extract::ws::WebSocketUpgrade,
-    max_payload: usize,
-) -> axum::extract::ws::WebSocketUpgrade {
-    ws.read_buffer_size(WS_READ_BUFFER)
-        .max_message_size(max_payload)
-        .max_frame_size(max_payload)
-}
 
 /// Runs one client event and returns the fields of its success ack.
 pub async fn dispatch(
@@ -81,14 +76,6 @@ pub fn ack_body(result: &Result<Value, ChatError>) -> Value {
             body
         }
         Err(e) => json!({"success": false, "error": {"code": e.code(), "message": e.to_string()}}),
-    }
-}
-
-/// A transport's bounded outbound queue refusing a frame, as `chat` sees it.
-pub fn sink_error<T>(e: tokio::sync::mpsc::error::TrySendError<T>) -> SinkError {
-    match e {
-        tokio::sync::mpsc::error::TrySendError::Full(_) => SinkError::Full,
-        tokio::sync::mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
     }
 }
 

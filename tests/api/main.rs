@@ -5,6 +5,7 @@ mod support;
 mod auth;
 mod bad_input;
 mod broker;
+mod burst;
 mod conformance;
 mod grpc_auth;
 mod limits;

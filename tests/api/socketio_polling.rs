@@ -2,11 +2,14 @@
 //! request by request. The socket.io-client e2e suite (polling and upgrade modes) and the
 //! browser test cover the same sessions through the official client.
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{TestApp, WAIT, spawn_app};
+use crate::burst::{BURST, NO_LIMITS, assert_stored, burst_texts, delivered};
+use crate::support::{TestApp, WAIT, spawn_app, spawn_app_with, unique};
 
 struct Polling {
     http: reqwest::Client,
@@ -317,4 +320,65 @@ async fn shutdown_runs_a_posted_event_then_sends_its_ack_and_the_close_packet() 
     assert!(acks[0].contains(r#""success":true"#), "{packets:?}");
     let app = stopped.await.unwrap().restart().await;
     assert_eq!(app.stored_texts("shutdown-room").await, ["last words"]);
+}
+
+#[tokio::test]
+async fn a_burst_of_1005_emits_over_polling_is_acked_stored_and_delivered_in_order() {
+    // Issue 15.1 on long-polling: 1,005 emits back to back, posted in 5 payloads one after the
+    // other while GETs take the answers. A POST that finds the session's queues full is held
+    // (backpressure), never refused.
+    let app = spawn_app_with(&NO_LIMITS).await;
+    let room = unique("burst-poll");
+    let mut watcher = app.member("burst-poll-watcher", &room).await;
+    let (polling, _) = Polling::open(&app).await;
+    polling.member("burst-poll", &room).await;
+    let texts = burst_texts("poll");
+    // Ack ids from 10 (the join used 1).
+    let packets: Vec<String> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(
+                "42{}{}",
+                i + 10,
+                json!(["send_message", {"roomId": room, "message": t}])
+            )
+        })
+        .collect();
+    let (http, url) = (polling.http.clone(), polling.url.clone());
+    let acks = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        while acks.len() < BURST {
+            let res = tokio::time::timeout(Duration::from_secs(60), http.get(&url).send())
+                .await
+                .expect("a poll answered in time")
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            for packet in res.text().await.unwrap().split('\x1e') {
+                assert!(!packet.starts_with("42[\"error\""), "{packet}");
+                if let Some(ack) = packet.strip_prefix("43") {
+                    acks.push(ack.to_string());
+                }
+            }
+        }
+        acks
+    });
+    for chunk in packets.chunks(201) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let (status, body) = tokio::time::timeout(Duration::from_secs(60), polling.post(&refs))
+            .await
+            .expect("POST answered");
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    let acks = acks.await.unwrap();
+    for (i, ack) in acks.iter().enumerate() {
+        let id = (i + 10).to_string();
+        let body = ack
+            .strip_prefix(&id)
+            .unwrap_or_else(|| panic!("ack {i}: {ack}"));
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body[0]["success"], true, "{body}");
+    }
+    assert_eq!(delivered(&mut watcher, BURST).await, texts);
+    assert_stored(&app, &room, &texts).await;
 }

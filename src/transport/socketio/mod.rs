@@ -1,48 +1,36 @@
-//! Socket.IO v4 (Engine.IO v4, protocol v5) on `/socket.io/`, served by our own code:
-//! `conn.rs` is a session (one task per connection, whichever transport carries it),
-//! `polling.rs` is HTTP long-polling and the upgrade to WebSocket. This file routes the
-//! requests: a WebSocket without `sid` opens a session on it, one with a polling session's
+//! Socket.IO v4 (Engine.IO v4, protocol v5) on `/socket.io/`, served by our own code on the
+//! session engine (`transport::session`): `codec.rs` is the protocol (Engine.IO framing and
+//! Socket.IO packets), `polling.rs` the HTTP long-polling carrier and the upgrade to
+//! WebSocket; a session opened directly on a WebSocket runs on `transport::websocket`'s
+//! carrier. This file routes the requests: a WebSocket without `sid` opens a session on it, one with a polling session's
 //! `sid` upgrades that session, a polling GET without `sid` is a handshake, with `sid` a poll,
 //! a POST with `sid` brings packets. Errors are engine.io's: HTTP 400 with
 //! `{"code","message"}` (0 transport unknown, 1 session ID unknown, 2 bad handshake method,
 //! 3 bad request, 5 unsupported protocol version).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::auth::Credentials;
 use crate::chat::ChatService;
+use crate::transport::session::{self, Out, SessionConfig, SessionSink};
+use crate::transport::websocket::{WsCarrier, limited_upgrade};
+use codec::SioCodec;
 
-mod conn;
+mod codec;
 mod polling;
 
-/// Events a connection may have waiting; past this a client is flooding and further events
-/// are refused with `rate_limited` until the queue drains.
-const MAX_PENDING_EVENTS: usize = 256;
-
 pub struct SocketIoConfig {
-    pub max_payload_bytes: usize,
-    /// Outbound frames queued per connection before it counts as a slow consumer.
-    pub max_queued_frames: usize,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    /// How long a client may take to send its namespace CONNECT.
-    pub connect_timeout: Duration,
-    /// Tracks the connection tasks, so shutdown can wait for their in-flight events.
-    pub workers: TaskTracker,
-    /// Cancelled at shutdown: each connection finishes the events it already received
-    /// (acking them while the connection is still open), leaves its rooms and closes.
-    pub shutdown: CancellationToken,
+    /// The session engine's settings (`connect_timeout` bounds the namespace CONNECT).
+    pub session: Arc<SessionConfig>,
 }
 
 #[derive(Clone)]
@@ -112,14 +100,12 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
             if parts.method != Method::GET {
                 return engine_error(3, "Bad request");
             }
-            let ws = match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &())
-                .await
-            {
+            let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
                 Ok(ws) => ws,
                 Err(_) => return engine_error(3, "Bad request"),
             };
             match q.sid {
-                None => conn::accept_websocket(state, ws),
+                None => accept_websocket(state, ws),
                 Some(sid) => match session(sid) {
                     Some(s) => polling::upgrade(&state, s, ws),
                     None => engine_error(1, "Session ID unknown"),
@@ -150,6 +136,27 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
         }
         _ => engine_error(0, "Transport unknown"),
     }
+}
+
+/// A session opened directly on a WebSocket: the open packet is its first frame.
+fn accept_websocket(state: SocketIoState, ws: WebSocketUpgrade) -> Response {
+    let cfg = state.cfg.session.clone();
+    limited_upgrade(ws, cfg.max_payload_bytes).on_upgrade(move |socket| {
+        let sink = SessionSink::new(cfg.max_queued_frames);
+        let open = codec::open_packet(&codec::random_id(), false, &cfg);
+        // The outbox is empty: this cannot be refused.
+        let _ = sink.push(Out::Frame(open.into()));
+        // `run` is the task's whole future (no wrapper holding the socket beside it): an idle
+        // connection is mostly this task.
+        let workers = cfg.workers.clone();
+        workers.track_future(session::run(
+            state.chat,
+            cfg,
+            sink,
+            SioCodec::default(),
+            WsCarrier(socket),
+        ))
+    })
 }
 
 /// The handshake `auth` object authenticates when it carries a `token` (or, with

@@ -1,7 +1,7 @@
 //! Engine.IO v4 long-polling, and the upgrade of a polling session to WebSocket.
 //!
-//! A polling session is the same connection task as a WebSocket one (`conn::run`); only its
-//! transport differs. The handshake GET starts the task and answers with the open packet
+//! A polling session runs on the session engine (`transport::session::run`) like a WebSocket
+//! one; this file is its carrier (`PollCarrier`). The handshake GET starts the task and answers with the open packet
 //! (`upgrades: ["websocket"]`). A POST's payload (packets separated by `\x1e`) goes to the task
 //! through a small bounded channel, so a client that posts faster than its events run waits
 //! for its POST. A GET takes the whole outbox (the same one a WebSocket writes) as one
@@ -11,12 +11,12 @@
 //!
 //! Upgrade, as socket.io-client does it: a WebSocket with the session's `sid` sends `2probe`,
 //! gets `3probe`; the pending GET is answered with a noop `6` so the client can pause polling;
-//! the client sends `5` on the WebSocket, and the WebSocket is handed to the session's task,
-//! which from then on writes the outbox to it. Nothing queued is lost or reordered: frames
+//! the client sends `5` on the WebSocket, and the WebSocket is handed to the session's task:
+//! the carrier becomes that WebSocket, and the task writes the outbox to it from then on. Nothing queued is lost or reordered: frames
 //! stay in the one outbox until the GET or the WebSocket takes them, and the client sends `5`
 //! only after its last poll has completed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,8 +29,10 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
-use super::conn::{self, End, Link, Out, SessionSink};
+use super::codec::{self, SioCodec};
 use super::{SocketIoState, engine_error};
+use crate::transport::session::{self, Carrier, Codec, End, Input, Out, SessionSink, Written};
+use crate::transport::websocket::{close_websocket, limited_upgrade, next_input, write_frames};
 
 /// Polling sessions by Engine.IO id; a session leaves it when it upgrades or ends.
 pub type Sessions = Arc<Mutex<HashMap<String, Arc<PollSession>>>>;
@@ -65,13 +67,61 @@ pub struct PollLink {
     sessions: Sessions,
 }
 
-impl PollLink {
-    pub async fn incoming(&mut self) -> Option<Incoming> {
-        self.rx.recv().await
+/// A polling session's carrier: long-polling until an upgrade hands over a WebSocket. The
+/// WebSocket is inline: boxing it would cost each upgraded session an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum PollCarrier {
+    Polling(Box<PollLink>),
+    Ws(WebSocket),
+}
+
+impl Carrier for PollCarrier {
+    async fn next(&mut self) -> Input {
+        let polling = match self {
+            PollCarrier::Ws(ws) => return next_input(ws).await,
+            PollCarrier::Polling(polling) => polling,
+        };
+        match polling.rx.recv().await {
+            Some(Incoming::Payload(payload)) => Input::Payload(payload),
+            Some(Incoming::Upgrade(ws)) => {
+                polling.upgraded();
+                *self = PollCarrier::Ws(*ws);
+                Input::Upgraded
+            }
+            None => Input::Closed,
+        }
     }
 
+    fn writes(&self) -> bool {
+        matches!(self, PollCarrier::Ws(_))
+    }
+
+    async fn write<C: Codec>(&mut self, frames: &mut VecDeque<Out>, kill: &Notify) -> Written {
+        match self {
+            PollCarrier::Ws(ws) => write_frames::<C>(ws, frames, kill).await,
+            // The GETs take the outbox.
+            PollCarrier::Polling(_) => Written::Ok,
+        }
+    }
+
+    fn accepted(&mut self) -> Option<Input> {
+        match self {
+            PollCarrier::Polling(polling) => polling.accepted_payload().map(Input::Payload),
+            PollCarrier::Ws(_) => None,
+        }
+    }
+
+    async fn close<C: Codec>(&mut self, sink: &SessionSink, end: End, slow: bool) {
+        match self {
+            PollCarrier::Polling(polling) => polling.close(end).await,
+            PollCarrier::Ws(ws) => close_websocket::<C>(ws, sink, slow).await,
+        }
+    }
+}
+
+impl PollLink {
     /// A payload already accepted (its POST answered `ok`) and not yet read.
-    pub fn accepted_payload(&mut self) -> Option<String> {
+    fn accepted_payload(&mut self) -> Option<String> {
         loop {
             match self.rx.try_recv().ok()? {
                 Incoming::Payload(payload) => return Some(payload),
@@ -82,7 +132,7 @@ impl PollLink {
     }
 
     /// The session now runs on its WebSocket: polling requests are refused from here on.
-    pub fn upgraded(&self) {
+    fn upgraded(&self) {
         self.shared.upgraded.store(true, Ordering::Release);
         self.sessions.lock().remove(&self.sid);
         // A GET still waiting (a client that did not pause) returns.
@@ -92,7 +142,7 @@ impl PollLink {
     /// The task has ended and closed the outbox: a GET takes what is left with the close packet
     /// `1`. On shutdown that GET is waited for (bounded), so the client learns it should
     /// reconnect; a client that closed, went silent or broke the protocol is not waited for.
-    pub async fn close(&mut self, end: End) {
+    async fn close(&mut self, end: End) {
         self.shared.sink.wake.notify_one();
         if end == End::Shutdown {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.close_sent.notified())
@@ -141,8 +191,8 @@ fn bad_request() -> Response {
 
 /// The handshake GET: starts the session's task and returns the open packet.
 pub fn handshake(state: &SocketIoState) -> Response {
-    let sid = conn::random_id();
-    let sink = SessionSink::new(state.cfg.max_queued_frames);
+    let sid = codec::random_id();
+    let sink = SessionSink::new(state.cfg.session.max_queued_frames);
     let (tx, rx) = mpsc::channel(INCOMING_PAYLOADS);
     let shared = Arc::new(PollSession {
         sink: sink.clone(),
@@ -154,19 +204,21 @@ pub fn handshake(state: &SocketIoState) -> Response {
         close_sent: Notify::new(),
     });
     state.sessions.lock().insert(sid.clone(), shared.clone());
-    let link = Link::Polling(Box::new(PollLink {
+    let carrier = PollCarrier::Polling(Box::new(PollLink {
         shared,
         rx,
         sid: sid.clone(),
         sessions: state.sessions.clone(),
     }));
-    let open = conn::open_packet(&sid, true, state);
-    tokio::spawn(
-        state
-            .cfg
-            .workers
-            .track_future(conn::run(state.clone(), sink, link)),
+    let open = codec::open_packet(&sid, true, &state.cfg.session);
+    let session = session::run(
+        state.chat.clone(),
+        state.cfg.session.clone(),
+        sink,
+        SioCodec::default(),
+        carrier,
     );
+    tokio::spawn(state.cfg.session.workers.track_future(session));
     text(open, PLAIN)
 }
 
@@ -197,7 +249,7 @@ pub async fn poll(session: Arc<PollSession>) -> Response {
             if !payload.is_empty() {
                 payload.push('\x1e');
             }
-            payload.push_str(&out.into_text());
+            payload.push_str(&codec::packet_text(out));
             if disconnect {
                 // The session is closed by the server: nothing after `41`.
                 break;
@@ -251,7 +303,8 @@ pub fn upgrade(state: &SocketIoState, session: Arc<PollSession>, ws: WebSocketUp
     if session.upgraded.load(Ordering::Acquire) || session.upgrading.swap(true, Ordering::AcqRel) {
         return bad_request();
     }
-    conn::websocket(ws, state).on_upgrade(move |socket| probe(session, socket))
+    limited_upgrade(ws, state.cfg.session.max_payload_bytes)
+        .on_upgrade(move |socket| probe(session, socket))
 }
 
 /// `2probe` → `3probe`, a noop for the pending GET, then `5`: the WebSocket goes to the

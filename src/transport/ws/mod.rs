@@ -3,44 +3,35 @@
 //! `{"event": NAME, "data": PAYLOAD}`, and a frame that carried an `id` is answered by
 //! `{"event": "ack", "id": ID, "data": {"success": ...}}`.
 //!
-//! One task per connection reads frames and handles them one at a time, in arrival order (the
-//! same `dispatch` as Socket.IO); a writer task drains a bounded queue, and a connection whose
-//! queue is full is a slow consumer and is closed. The server pings every `ping_interval`; a
-//! connection silent for `ping_interval + ping_timeout` is closed. A plain `GET /` without
-//! `Upgrade` gets the client page.
+//! A connection is a session of the session engine (`transport::session`: one task, the
+//! bounded outbox, events one at a time in arrival order through the same `dispatch` as
+//! Socket.IO, slow consumers cut off, graceful shutdown) carried by a WebSocket; this file is
+//! the protocol (`RawCodec`) and the routes. The server sends a WebSocket ping every
+//! `ping_interval`; a client that sends nothing (no frame, no pong) within `ping_timeout`
+//! after it is closed. A plain `GET /` without `Upgrade` gets the client page.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::chat::conn::{ClientSink, SinkError};
-use crate::chat::wire::{self, ServerEvent};
-use crate::chat::{ChatError, ChatService, Deadline, Session};
-use crate::transport::{ack_body, dispatch, limited_upgrade, sink_error, sleep_until_deadline};
+use crate::chat::wire::ServerEvent;
+use crate::chat::{ChatError, ChatService};
+use crate::transport::session::{self, Codec, Conn, Out, SessionConfig, SessionSink, Step};
+use crate::transport::websocket::{WsCarrier, limited_upgrade};
 
 #[derive(Clone)]
 pub struct WsConfig {
-    pub max_payload_bytes: usize,
-    /// Outbound frames queued per connection before it counts as a slow consumer.
-    pub max_queued_frames: usize,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
+    /// The session engine's settings.
+    pub session: Arc<SessionConfig>,
     /// Allowed `Origin`s; `None` allows any (CORS_ORIGIN=*).
     pub allowed_origins: Option<Vec<String>>,
-    pub workers: TaskTracker,
-    pub shutdown: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -93,171 +84,63 @@ fn start(state: WsState, ws: WebSocketUpgrade, headers: &HeaderMap) -> Response 
     {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let max = state.cfg.max_payload_bytes;
-    limited_upgrade(ws, max).on_upgrade(move |socket| {
-        let workers = state.cfg.workers.clone();
-        workers.track_future(run(state, socket))
+    let cfg = state.cfg.session.clone();
+    limited_upgrade(ws, cfg.max_payload_bytes).on_upgrade(move |socket| {
+        let sink = SessionSink::new(cfg.max_queued_frames);
+        let workers = cfg.workers.clone();
+        workers.track_future(session::run(
+            state.chat,
+            cfg,
+            sink,
+            RawCodec,
+            WsCarrier(socket),
+        ))
     })
 }
 
-enum Out {
-    Event(Arc<ServerEvent>),
-    Text(String),
-    Ping,
-    Close,
-}
+/// The raw protocol: JSON text frames. Every frame from the client (and every WebSocket ping
+/// or pong) answers the heartbeat, which is a WebSocket ping.
+pub struct RawCodec;
 
-struct WsSink {
-    tx: mpsc::Sender<Out>,
-    /// Cancelled to end the connection even when its queue is full (slow consumer).
-    kill: CancellationToken,
-}
-
-impl ClientSink for WsSink {
-    fn send(&self, event: &Arc<ServerEvent>) -> Result<(), SinkError> {
-        self.tx
-            .try_send(Out::Event(event.clone()))
-            .map_err(sink_error)
+impl Codec for RawCodec {
+    fn on_text(&mut self, text: &str, conn: &mut Conn<Self>) -> Step {
+        match parse_frame(text) {
+            Ok((event, data, id)) => conn.event(event, Ok(data), id, text.len()),
+            // An unreadable frame has no id to ack.
+            Err(e) => conn.emit_error(&e),
+        }
+        Step::Pong
     }
 
-    fn close(&self) {
-        self.kill.cancel();
+    fn on_binary(&mut self, conn: &mut Conn<Self>) -> Step {
+        conn.emit_error(&ChatError::InvalidPayload(
+            "frames must be JSON text".into(),
+        ));
+        Step::Pong
     }
-}
 
-async fn run(state: WsState, socket: WebSocket) {
-    let (mut write, mut read) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Out>(state.cfg.max_queued_frames);
-    let writer_done = CancellationToken::new();
-    let writer = tokio::spawn({
-        let writer_done = writer_done.clone();
-        async move {
-            while let Some(out) = rx.recv().await {
-                let frame = match out {
-                    Out::Event(ev) => Message::Text(ev.ws_frame().clone()),
-                    Out::Text(text) => Message::Text(text.into()),
-                    Out::Ping => Message::Ping(Default::default()),
-                    Out::Close => {
-                        let _ = write
-                            .send(Message::Close(Some(CloseFrame {
-                                code: 1000,
-                                reason: Utf8Bytes::from_static("closed by server"),
-                            })))
-                            .await;
-                        break;
-                    }
-                };
-                if write.send(frame).await.is_err() {
-                    break;
-                }
-            }
-            writer_done.cancel();
-        }
-    });
-    let kill = CancellationToken::new();
-    let sink = Arc::new(WsSink {
-        tx: tx.clone(),
-        kill: kill.clone(),
-    });
-    let mut session = Session::new(sink.clone());
-    let chat = &state.chat;
-    let mut ping = tokio::time::interval(state.cfg.ping_interval);
-    ping.reset();
-    let silence_limit = state.cfg.ping_interval + state.cfg.ping_timeout;
-    let mut last_heard = tokio::time::Instant::now();
-    loop {
-        let deadline = chat.deadline(&session);
-        let frame = tokio::select! {
-            biased;
-            () = state.cfg.shutdown.cancelled() => break,
-            () = writer_done.cancelled() => break,
-            () = kill.cancelled() => break,
-            () = sleep_until_deadline(deadline) => {
-                match chat.deadline_passed(&mut session) {
-                    Some(Deadline::Notify(e)) => reply_error(&tx, e),
-                    Some(Deadline::Close(e)) => {
-                        reply_error(&tx, e);
-                        break;
-                    }
-                    None => {}
-                }
-                continue;
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= silence_limit {
-                    tracing::debug!(conn = %session.conn(), "raw websocket idle, closing");
-                    break;
-                }
-                let _ = tx.try_send(Out::Ping);
-                continue;
-            }
-            frame = read.next() => frame,
-        };
-        last_heard = tokio::time::Instant::now();
-        let text = match frame {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Binary(_))) => {
-                reply_error(
-                    &tx,
-                    ChatError::InvalidPayload("frames must be JSON text".into()),
-                );
-                continue;
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | None => break,
-            Some(Err(e)) => {
-                // Oversized frames end here too (the protocol layer refuses them).
-                tracing::debug!(conn = %session.conn(), error = %e, "raw websocket read error");
-                break;
-            }
-        };
-        let (event, data, id) = match parse_frame(&text) {
-            Ok(parts) => parts,
-            Err(e) => {
-                reply_error(&tx, e);
-                continue;
-            }
-        };
-        // Boxed: an idle connection task keeps only its loop state (see socketio/mod.rs).
-        let result = Box::pin(dispatch(chat, &mut session, &event, Ok(data))).await;
-        if let Err(e) = &result {
-            let _ = tx.try_send(Out::Event(Arc::new(ServerEvent::from_value(
-                wire::ERROR,
-                e.body(),
-            ))));
-        }
-        if let Some(id) = id {
-            let _ = tx.try_send(Out::Text(ack_frame(&id, &ack_body(&result))));
-        }
-        if let Err(e) = &result
-            && e.closes_connection()
-        {
-            break;
-        }
+    fn on_control(&mut self) -> Step {
+        Step::Pong
     }
-    Box::pin(chat.disconnect(&mut session)).await;
-    drop(session);
-    drop(sink);
-    // A close frame when the queue has room; a writer stuck on a client that stopped reading
-    // is aborted, which drops the socket.
-    let queued = tx.try_send(Out::Close).is_ok();
-    drop(tx);
-    let mut writer = writer;
-    if !queued
-        || tokio::time::timeout(Duration::from_secs(5), &mut writer)
-            .await
-            .is_err()
-    {
-        writer.abort();
-    }
-}
 
-/// An `error` event without an ack (an unreadable frame has no id to ack; a deadline none).
-fn reply_error(tx: &mpsc::Sender<Out>, e: ChatError) {
-    let _ = tx.try_send(Out::Event(Arc::new(ServerEvent::from_value(
-        wire::ERROR,
-        e.body(),
-    ))));
+    fn ping() -> Out {
+        Out::Ping
+    }
+
+    fn event_frame(event: &ServerEvent) -> Utf8Bytes {
+        event.ws_frame().clone()
+    }
+
+    fn ack_frame(id: &Value, body: &Value) -> Utf8Bytes {
+        ack_frame(id, body).into()
+    }
+
+    /// The close frame says it.
+    fn disconnect_frame() -> Option<Utf8Bytes> {
+        None
+    }
+
+    const CLOSE_REASON: &'static str = "closed by server";
 }
 
 /// `{"event":"ack","id":ID,"data":{...}}`, keys in that order for human readers (wscat).

@@ -1,0 +1,277 @@
+//! The session engine: one task per client connection, whatever its protocol and carrier.
+//!
+//! Map of this folder:
+//! - `mod.rs`: the task (`run`): it reads the carrier, writes the outbox, sends heartbeats,
+//!   watches the chat deadlines, and ends the session (slow consumer, client close, shutdown);
+//!   the `Codec` and `Carrier` traits the protocols and transports implement.
+//! - `outbox.rs`: the bounded outbox (`SessionSink`), also the session's `ClientSink`.
+//! - `events.rs`: the client events of a session, run one at a time in arrival order.
+//!
+//! A protocol is a `Codec`: Engine.IO/Socket.IO framing (`transport/socketio/codec.rs`) or raw
+//! JSON frames (`transport/ws/`). A transport is a `Carrier`: a WebSocket
+//! (`transport/websocket.rs`, both protocols) or HTTP long-polling
+//! (`transport/socketio/polling.rs`, Socket.IO only, which can hand the session over to a
+//! WebSocket: the upgrade). Codecs and carriers depend on this engine, never the reverse.
+//!
+//! What every session gets from here:
+//! - one task that owns the connection; its future stays small (the running event, the socket
+//!   writes and the end of the session are boxed futures that exist only while they run), so
+//!   an idle connection costs about 5 KB (BENCHMARKS.md, S3);
+//! - per-connection ordering: events run one at a time in arrival order (`events.rs`), and
+//!   backpressure: while `MAX_PENDING_EVENTS` wait, the carrier is not read (a WebSocket's
+//!   client waits on TCP, a polling POST is held), so a burst is processed, never refused;
+//! - the outbox: a broadcast's frame is encoded once and shared by every recipient; what was
+//!   queued while the socket was busy goes out in one write; a full outbox is a slow consumer,
+//!   cut off at once;
+//! - heartbeats: a ping every `ping_interval`, and a session whose client does not answer
+//!   within `ping_timeout` is closed;
+//! - shutdown: the events already received run (and are acked while the connection is open),
+//!   then the carrier closes without a protocol-level disconnect, so clients reconnect.
+
+pub mod events;
+pub mod outbox;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chat::ChatService;
+use crate::chat::wire::ServerEvent;
+use crate::transport::sleep_until_deadline;
+pub use events::Conn;
+pub use outbox::{Out, SessionSink};
+
+/// What every session shares, whatever its protocol.
+pub struct SessionConfig {
+    pub max_payload_bytes: usize,
+    /// Outbound frames queued per connection before it counts as a slow consumer.
+    pub max_queued_frames: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// How long a client may take to complete its protocol's connect (Socket.IO's namespace
+    /// CONNECT); protocols without one are ready at once.
+    pub connect_timeout: Duration,
+    /// Tracks the session tasks, so shutdown can wait for their in-flight events.
+    pub workers: TaskTracker,
+    /// Cancelled at shutdown: each session finishes the events it already received (acking
+    /// them while the connection is still open), leaves its rooms and closes.
+    pub shutdown: CancellationToken,
+}
+
+/// What one client input asks of the session's loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// The client answered the heartbeat.
+    Pong,
+    /// The client closed or broke the protocol.
+    Close,
+}
+
+/// A protocol: how client frames become events, and how frames for the client are encoded.
+pub trait Codec: Sized + Send + 'static {
+    /// One text frame of a WebSocket.
+    fn on_text(&mut self, text: &str, conn: &mut Conn<Self>) -> Step;
+    /// One long-polling payload (Socket.IO: packets separated by `\x1e`).
+    fn on_payload(&mut self, payload: &str, conn: &mut Conn<Self>) -> Step {
+        self.on_text(payload, conn)
+    }
+    /// One binary frame of a WebSocket.
+    fn on_binary(&mut self, conn: &mut Conn<Self>) -> Step;
+    /// A WebSocket ping or pong control frame.
+    fn on_control(&mut self) -> Step;
+    /// Whether the client completed the protocol's connect (else `connect_timeout` runs).
+    fn ready(&self) -> bool {
+        true
+    }
+    /// The heartbeat the server sends.
+    fn ping() -> Out;
+    /// An event's frame (cached in the event, so a broadcast is encoded once).
+    fn event_frame(event: &ServerEvent) -> Utf8Bytes;
+    /// The answer to a client event that asked for one.
+    fn ack_frame(id: &Value, body: &Value) -> Utf8Bytes;
+    /// What a server-side close sends before the carrier closes (Socket.IO: `41`).
+    fn disconnect_frame() -> Option<Utf8Bytes>;
+    /// The reason of the WebSocket close frame.
+    const CLOSE_REASON: &'static str;
+}
+
+/// What a carrier brought.
+pub enum Input {
+    /// One WebSocket text frame.
+    Text(Utf8Bytes),
+    /// One long-polling payload.
+    Payload(String),
+    Binary,
+    /// A WebSocket ping or pong.
+    Control,
+    /// The carrier changed (a polling session upgraded): write the outbox now.
+    Upgraded,
+    Closed,
+}
+
+/// The outcome of writing the outbox.
+pub enum Written {
+    Ok,
+    /// The disconnect went out: the session is closed by the server.
+    Disconnected,
+    /// Cut off (slow consumer).
+    Killed,
+    Failed,
+}
+
+/// Why the session ended.
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+pub enum End {
+    /// The client closed, went silent or broke the protocol: received events still run.
+    Client,
+    /// The server closed the session (disconnect sent) or cut off a slow consumer.
+    Server,
+    /// Shutdown: received events run, then the carrier closes without a disconnect.
+    Shutdown,
+}
+
+/// A transport that carries a session.
+pub trait Carrier: Send + 'static {
+    /// The client's next input.
+    fn next(&mut self) -> impl Future<Output = Input> + Send;
+    /// Whether the session's task writes the outbox to this carrier (a WebSocket); on
+    /// long-polling the GET requests take it instead.
+    fn writes(&self) -> bool;
+    /// Writes (drains) `frames` with one flush; gives up when `kill` is notified.
+    fn write<C: Codec>(
+        &mut self,
+        frames: &mut VecDeque<Out>,
+        kill: &Notify,
+    ) -> impl Future<Output = Written> + Send;
+    /// Input the client was told had been received, not yet read (polling: payloads whose
+    /// POST was answered `ok`); run before a session that the client ended ends.
+    fn accepted(&mut self) -> Option<Input> {
+        None
+    }
+    /// Closes the carrier once the session has ended and its outbox is sealed (`slow`: the
+    /// client was cut off as a slow consumer; nothing more is written to it).
+    fn close<C: Codec>(
+        &mut self,
+        sink: &SessionSink,
+        end: End,
+        slow: bool,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// The session's task. Its future stays small: an idle connection is mostly this task.
+pub async fn run<C: Codec, K: Carrier>(
+    chat: Arc<ChatService>,
+    cfg: Arc<SessionConfig>,
+    sink: Arc<SessionSink>,
+    mut codec: C,
+    mut carrier: K,
+) {
+    let mut conn = Conn::<C>::new(chat, sink);
+    let connect_deadline = Instant::now() + cfg.connect_timeout;
+    let heartbeat = tokio::time::sleep(cfg.ping_interval);
+    tokio::pin!(heartbeat);
+    let mut awaiting_pong = false;
+    let end = loop {
+        let deadline = if !codec.ready() {
+            Some(connect_deadline.into_std())
+        } else {
+            conn.deadline()
+        };
+        let step = tokio::select! {
+            biased;
+            () = conn.sink.kill.notified() => break End::Server,
+            () = cfg.shutdown.cancelled() => break End::Shutdown,
+            () = conn.sink.wake.notified(), if carrier.writes() => {
+                let mut frames = conn.sink.take();
+                match Box::pin(carrier.write::<C>(&mut frames, &conn.sink.kill)).await {
+                    Written::Ok => conn.sink.give_back(frames),
+                    Written::Disconnected | Written::Killed => break End::Server,
+                    Written::Failed => break End::Client,
+                }
+                continue;
+            }
+            (session, outcome) = events::poll_running(&mut conn.running) => {
+                conn.done(session, outcome);
+                continue;
+            }
+            () = &mut heartbeat => {
+                if awaiting_pong && conn.saturated() {
+                    // Not reading (backpressure): the answer may wait behind the client's
+                    // events, and a client that floods us is alive.
+                    heartbeat.as_mut().reset(Instant::now() + cfg.ping_timeout);
+                    continue;
+                }
+                if awaiting_pong {
+                    tracing::debug!("session: no pong in time, closing");
+                    break End::Client;
+                }
+                conn.queue(C::ping());
+                awaiting_pong = true;
+                heartbeat.as_mut().reset(Instant::now() + cfg.ping_timeout);
+                continue;
+            }
+            () = sleep_until_deadline(deadline) => {
+                if !codec.ready() {
+                    tracing::debug!("session: no connect in time, closing");
+                    break End::Client;
+                }
+                conn.deadline_passed();
+                continue;
+            }
+            input = carrier.next(), if !conn.saturated() => on_input(&mut codec, &mut conn, input),
+        };
+        match step {
+            Step::Continue => {}
+            Step::Pong => {
+                if awaiting_pong {
+                    awaiting_pong = false;
+                    heartbeat.as_mut().reset(Instant::now() + cfg.ping_interval);
+                }
+            }
+            Step::Close => break End::Client,
+        }
+    };
+    Box::pin(close(codec, conn, carrier, end)).await;
+}
+
+fn on_input<C: Codec>(codec: &mut C, conn: &mut Conn<C>, input: Input) -> Step {
+    let step = match input {
+        Input::Text(text) => codec.on_text(&text, conn),
+        Input::Payload(payload) => codec.on_payload(&payload, conn),
+        Input::Binary => codec.on_binary(conn),
+        Input::Control => codec.on_control(),
+        Input::Upgraded => {
+            // What waits in the outbox goes out on the new carrier now.
+            conn.sink.wake.notify_one();
+            Step::Continue
+        }
+        Input::Closed => Step::Close,
+    };
+    conn.start_next();
+    step
+}
+
+/// Ends the session: input the client was told had arrived runs (unless the server closed
+/// the session), then the events, the chat forgets the connection, and the carrier closes
+/// after what is queued for the client.
+async fn close<C: Codec, K: Carrier>(mut codec: C, mut conn: Conn<C>, mut carrier: K, end: End) {
+    if end != End::Server {
+        while let Some(input) = carrier.accepted() {
+            if on_input(&mut codec, &mut conn, input) == Step::Close {
+                break;
+            }
+        }
+    }
+    conn.finish_all(end != End::Server).await;
+    let slow = conn.sink.seal(end == End::Server);
+    carrier.close::<C>(&conn.sink, end, slow).await;
+}
