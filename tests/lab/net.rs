@@ -98,6 +98,9 @@ pub struct Lab {
     block: [u8; 2],
     links: u8,
     namespaces: Vec<String>,
+    /// This namespace's ends of the access links.
+    access_links: Vec<String>,
+    wires: Vec<Wire>,
     forwarders: Vec<AbortHandle>,
     /// Logs and data of the lab's processes.
     pub dir: tempfile::TempDir,
@@ -229,6 +232,8 @@ impl Lab {
             block: free_block(),
             links: 0,
             namespaces: Vec::new(),
+            access_links: Vec::new(),
+            wires: Vec::new(),
             forwarders: Vec::new(),
             dir,
         })
@@ -281,6 +286,7 @@ impl Lab {
         ]);
         Self::address(None, &name, mine);
         Self::address(Some(&host.ns), "eth0", theirs);
+        self.access_links.push(name);
         theirs
     }
 
@@ -321,7 +327,9 @@ impl Lab {
             let task = tokio::spawn(forward(from, to, state.clone()));
             self.forwarders.push(task.abort_handle());
         }
-        (Wire { state }, addr_a, addr_b)
+        let wire = Wire { state };
+        self.wires.push(wire.clone());
+        (wire, addr_a, addr_b)
     }
 
     /// `ip netns exec <host> <program>`, with a clean environment (only `PATH`) and the lab's
@@ -365,6 +373,26 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for ns in &self.namespaces {
             kill_all_in(ns);
+        }
+        // The wires stay up (and clean) until the killed processes are gone and a moment
+        // more, so their connections end with a FIN or RST rather than as orphans that keep a
+        // deleted namespace alive while they retransmit.
+        for wire in &self.wires {
+            wire.set(Impairment::CLEAN);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let busy = |ns: &String| {
+            Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .is_ok_and(|o| !o.stdout.is_empty())
+        };
+        while self.namespaces.iter().any(busy) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for link in &self.access_links {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
         }
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
