@@ -22,7 +22,14 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "Rust tests (unit + black-box through spawn_app)"
+step "Rust tests (unit + black-box through spawn_app + the fault lab, tests/lab)"
+# The lab's network and disk scenarios need root (network namespaces, TUN devices, a tmpfs);
+# without it they pass after printing SKIPPED, which cargo hides: say it here.
+if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1 && [ -e /dev/net/tun ]; then
+  echo "fault lab: the network and disk scenarios run (root, ip netns)"
+else
+  echo "SKIPPED: fault lab network and disk scenarios (needs root and ip netns)"
+fi
 cargo test --locked
 
 step "build the binary for the end-to-end suites"

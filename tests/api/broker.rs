@@ -3,6 +3,7 @@
 //! simulate an outage. The tests need the local broker (127.0.0.1:5672, guest/guest) and fail
 //! loudly without it.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,6 +113,34 @@ impl TestQueue {
             .await;
         let _ = self.conn.close(200, "bye".into()).await;
     }
+}
+
+/// Collects events until every id of `expected` was seen; returns them in arrival order.
+pub async fn collect_ids(queue: &mut TestQueue, expected: &HashSet<String>) -> Vec<Value> {
+    collect_ids_with_gaps(queue, expected, Duration::from_secs(30)).await
+}
+
+/// `collect_ids`, failing when no event comes for `gap`.
+pub async fn collect_ids_with_gaps(
+    queue: &mut TestQueue,
+    expected: &HashSet<String>,
+    gap: Duration,
+) -> Vec<Value> {
+    let mut seen = HashSet::new();
+    let mut events = Vec::new();
+    while !expected.is_subset(&seen) {
+        let Some(event) = queue.next_within(gap).await else {
+            let missing: Vec<_> = expected.difference(&seen).collect();
+            panic!(
+                "{} events missing, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            );
+        };
+        seen.insert(event["data"]["messageId"].as_str().unwrap().to_string());
+        events.push(event);
+    }
+    events
 }
 
 /// Forwards `127.0.0.1:<port>` to the broker while up; `cut` closes every forwarded connection

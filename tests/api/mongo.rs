@@ -15,8 +15,8 @@ use chat_service::store::mongo::{MongoConfig, MongoStore};
 use chat_service::store::{MessageStore, OutboxConfig, StoreError};
 use mongodb::bson::{DateTime, doc, oid::ObjectId};
 
-use crate::broker::{BROKER, TestQueue};
-use crate::notifications::{check_delivery, collect_ids};
+use crate::broker::{BROKER, TestQueue, collect_ids};
+use crate::notifications::check_delivery;
 use crate::stores::{
     outage_fails_fast_and_heals, restart_keeps_messages_rooms_and_idempotency, unique,
 };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::broker::{BROKER, TcpProxy, TestQueue};
+use crate::broker::{BROKER, TcpProxy, TestQueue, collect_ids};
 use crate::support::{TestApp, keys, spawn_app_with};
 
 async fn app_on(queue: &TestQueue, addr: &str, extra: &[&str]) -> TestApp {
@@ -30,25 +30,6 @@ async fn ready_becomes(app: &TestApp, status: u16) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Collects events until every id of `expected` was seen; returns them in arrival order.
-pub(crate) async fn collect_ids(queue: &mut TestQueue, expected: &HashSet<String>) -> Vec<Value> {
-    let mut seen = HashSet::new();
-    let mut events = Vec::new();
-    while !expected.is_subset(&seen) {
-        let Some(event) = queue.next_within(Duration::from_secs(30)).await else {
-            let missing: Vec<_> = expected.difference(&seen).collect();
-            panic!(
-                "{} events missing, e.g. {:?}",
-                missing.len(),
-                &missing[..missing.len().min(5)]
-            );
-        };
-        seen.insert(event["data"]["messageId"].as_str().unwrap().to_string());
-        events.push(event);
-    }
-    events
 }
 
 /// Every sent id arrived, nothing else did, and per room the first copies keep the send

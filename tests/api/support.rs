@@ -18,8 +18,14 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
-pub struct TestApp {
+/// A running chat-service reached over HTTP and Socket.IO at `addr`: the in-process `TestApp`
+/// derefs to it, and so do the real processes of the fault lab (`tests/lab/`).
+pub struct Endpoint {
     pub addr: SocketAddr,
+}
+
+pub struct TestApp {
+    endpoint: Endpoint,
     pub data_dir: Arc<tempfile::TempDir>,
     args: Vec<String>,
     stop: Option<oneshot::Sender<()>>,
@@ -59,7 +65,7 @@ async fn start(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> TestApp {
         .expect("app runs");
     });
     TestApp {
-        addr,
+        endpoint: Endpoint { addr },
         data_dir: dir,
         args,
         stop: Some(stop),
@@ -107,28 +113,9 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-impl TestApp {
+impl Endpoint {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
-    }
-
-    /// Graceful shutdown (as on SIGTERM); waits until the app has stopped.
-    pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("app stops in time")
-                .expect("app task");
-        }
-    }
-
-    /// Stops the app and starts a new one on the same data folder and settings.
-    pub async fn restart(mut self) -> TestApp {
-        self.stop().await;
-        start(self.data_dir.clone(), self.args.clone()).await
     }
 
     pub async fn client(&self) -> SioClient {
@@ -189,6 +176,35 @@ impl TestApp {
             .iter()
             .map(|m| m["message"].as_str().unwrap().to_string())
             .collect()
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl TestApp {
+    /// Graceful shutdown (as on SIGTERM); waits until the app has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("app stops in time")
+                .expect("app task");
+        }
+    }
+
+    /// Stops the app and starts a new one on the same data folder and settings.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        start(self.data_dir.clone(), self.args.clone()).await
     }
 }
 
@@ -349,7 +365,12 @@ impl SioClient {
         let id = self.next_ack;
         self.next_ack += 1;
         let (tx, rx) = oneshot::channel();
-        self.inbox.lock().acks.insert(id, tx);
+        let mut inbox = self.inbox.lock();
+        // On a closed connection the ack will never come: the receiver sees that at once.
+        if !inbox.closed {
+            inbox.acks.insert(id, tx);
+        }
+        drop(inbox);
         let _ = self
             .out
             .send(WsMessage::text(format!("42{id}{}", json!([event, data]))));
@@ -417,6 +438,37 @@ impl SioClient {
                     "no {name} event within {wait:?}; got {}",
                     summary(&self.inbox.lock().events)
                 );
+            }
+        }
+    }
+
+    /// Consumes the `name` events as they arrive (those already received first), handing each
+    /// to `each`, until `each` has returned true or `wait` has passed; returns whether it did.
+    /// Never panics on a timeout or a closed connection, so the caller can say what is missing.
+    #[allow(dead_code)] // used by the fault lab (tests/lab), which includes this file
+    pub async fn consume_until(
+        &mut self,
+        name: &str,
+        wait: Duration,
+        mut each: impl FnMut(Value) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut done = false;
+        loop {
+            let notified = self.notify.notified();
+            let (taken, closed) = {
+                let mut inbox = self.inbox.lock();
+                let (taken, kept) = std::mem::take(&mut inbox.events)
+                    .into_iter()
+                    .partition::<VecDeque<_>, _>(|(n, _)| n == name);
+                inbox.events = kept;
+                (taken, inbox.closed)
+            };
+            for (_, v) in taken {
+                done |= each(v);
+            }
+            if done || closed || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return done;
             }
         }
     }
