@@ -41,11 +41,13 @@
 //! - A store built without the outbox writes no entries; existing entries stay until a relay
 //!   sends them.
 
+pub(crate) mod batch;
 pub mod conformance;
 pub mod embedded;
 pub mod mongo;
 pub mod postgres;
 pub mod redis_cache;
+pub(crate) mod rows;
 
 use std::sync::Arc;
 
