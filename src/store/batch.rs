@@ -402,6 +402,14 @@ impl OutboxCount {
         }
     }
 
+    /// Takes back an admitted entry that was not written.
+    fn withdraw(&mut self) {
+        if self.enabled() {
+            self.pending -= 1;
+            self.added -= 1;
+        }
+    }
+
     /// `n` entries were marked sent.
     pub(crate) fn removed(&mut self, n: u64) {
         self.pending = self.pending.saturating_sub(n);
@@ -456,6 +464,19 @@ impl AppendRun {
             known,
             callers,
         }
+    }
+
+    /// Another writer stored `fresh[i]`'s key first, as `stored`: its caller gets that one,
+    /// and the entry admitted for it is taken back.
+    pub(crate) fn lost_race(&mut self, i: usize, stored: Message, count: &mut OutboxCount) {
+        let Some(key) = key_of(&stored) else { return };
+        for (_, slot) in &mut self.callers {
+            if matches!(slot, Slot::Fresh(j) if *j == i) {
+                *slot = Slot::Known(key.clone());
+            }
+        }
+        self.known.insert(key, stored);
+        count.withdraw();
     }
 
     /// Every caller's answer, held in `answers` until the commit.

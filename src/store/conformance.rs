@@ -8,9 +8,10 @@
 //! property drains the outbox it finds (use a dedicated database or schema for it).
 //!
 //! Properties: ordering, `limit`/`before` paging and `after`, idempotency (also under
-//! concurrent duplicates), rooms and participants, the outbox (entries, claim/ack, bound, and
-//! for shared backends the claim between two instances), concurrent writers, restart
-//! persistence. Each property panics with its name and what differed.
+//! concurrent duplicates, and for shared backends between two instances), rooms and
+//! participants, the outbox (entries, claim/ack, bound, and for shared backends the claim
+//! between two instances), concurrent writers, restart persistence. Each property panics with
+//! its name and what differed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub async fn run_all(backend: &dyn Backend) {
     rooms_and_participants(&*store, &run).await;
     concurrent_writers(store.clone(), &run).await;
     store.close().await;
+    idempotency_across_instances(backend, &run).await;
     restart_persistence(backend, &run).await;
     outbox(backend, &run).await;
 }
@@ -282,6 +284,43 @@ pub async fn idempotency(store: Arc<dyn MessageStore>, run: &Run) {
         "idempotency: hello, hello (b), hello (no key), one race: {:?}",
         texts(&stored)
     );
+}
+
+/// A backend shared by instances: the same key appended through two instances at once is
+/// stored once, and both callers get the stored message (the loser of the race too).
+pub async fn idempotency_across_instances(backend: &dyn Backend, run: &Run) {
+    if !backend.shared() {
+        return;
+    }
+    const ROUNDS: usize = 8;
+    let one = backend.open(None).await.expect("open");
+    let two = backend.open(None).await.expect("open a second instance");
+    let room = run.room("idem-shared");
+    let user = run.user("twice");
+    for round in 0..ROUNDS {
+        let key = format!("shared-{round}");
+        let (a, b) = tokio::join!(
+            one.append(message(&room, &user, "through one", Some(&key))),
+            two.append(message(&room, &user, "through two", Some(&key))),
+        );
+        let (a, b) = (a.expect("append on one"), b.expect("append on two"));
+        assert_eq!(
+            a.message, b.message,
+            "idempotency across instances: both get the stored message"
+        );
+        assert_ne!(
+            a.duplicate, b.duplicate,
+            "idempotency across instances: exactly one of them is new"
+        );
+    }
+    let stored = one.history(&room, 100, None).await.expect("history");
+    assert_eq!(
+        stored.len(),
+        ROUNDS,
+        "idempotency across instances: one message per key"
+    );
+    one.close().await;
+    two.close().await;
 }
 
 /// Rooms: created by a first message or a join (open group), private rooms through
