@@ -12,7 +12,8 @@
 //!   (`blocking_recv`) without changing its callers.
 //! - [`Write`] lists the writes of the transactional backends (embedded, PostgreSQL), with the
 //!   channel each caller awaits; [`apply_in_order`] hands them to a backend's [`Transaction`]
-//!   in queue order, consecutive appends as one run. A new kind of write is a new variant and
+//!   (its connection, inside the batch's transaction) in queue order, consecutive appends as
+//!   one run. A new kind of write is a new variant and
 //!   a new `Transaction` method: the compiler then names every backend that lacks it.
 //! - [`Answers`] holds every answer of a batch until its commit; [`conclude`] ends the batch:
 //!   the outbox count, the relay's wake-up, the "outbox full" warning, then the answers (or the
@@ -185,10 +186,12 @@ pub(crate) fn stop<Op>(rx: &mut mpsc::Receiver<Queued<Op>>) {
 
 /// The writes of a transactional backend, each applied inside the batch's transaction.
 pub(crate) trait Transaction {
-    /// A run of consecutive appends; every caller's answer goes to `answers`.
+    /// A run of consecutive appends; every caller's answer goes to `answers`, and the outbox
+    /// entries they add to `count`.
     async fn appends(
         &mut self,
         run: Vec<(Message, Reply<Appended>)>,
+        count: &mut OutboxCount,
         answers: &mut Answers,
     ) -> Result<(), StoreError>;
 
@@ -197,7 +200,8 @@ pub(crate) trait Transaction {
 
     async fn add_member(&mut self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
 
-    async fn mark_sent(&mut self, seqs: &[u64]) -> Result<(), StoreError>;
+    /// Deletes the outbox entries `seqs` (unknown ones are ignored); how many there were.
+    async fn mark_sent(&mut self, seqs: &[u64]) -> Result<u64, StoreError>;
 }
 
 /// Applies `ops` through `tx` in queue order, consecutive appends as one run. An `Err` fails
@@ -205,6 +209,7 @@ pub(crate) trait Transaction {
 pub(crate) async fn apply_in_order<T: Transaction>(
     tx: &mut T,
     ops: Vec<Write>,
+    count: &mut OutboxCount,
     answers: &mut Answers,
 ) -> Result<(), StoreError> {
     let mut run = Vec::new();
@@ -217,7 +222,7 @@ pub(crate) async fn apply_in_order<T: Transaction>(
             other => other,
         };
         if !run.is_empty() {
-            tx.appends(std::mem::take(&mut run), answers).await?;
+            tx.appends(std::mem::take(&mut run), count, answers).await?;
         }
         match op {
             Write::Append(..) => unreachable!("appends are gathered above"),
@@ -233,13 +238,14 @@ pub(crate) async fn apply_in_order<T: Transaction>(
                 answers.push(Answer::Done(reply));
             }
             Write::MarkSent(seqs, reply) => {
-                tx.mark_sent(&seqs).await?;
+                let removed = tx.mark_sent(&seqs).await?;
+                count.removed(removed);
                 answers.push(Answer::Done(reply));
             }
         }
     }
     if !run.is_empty() {
-        tx.appends(run, answers).await?;
+        tx.appends(run, count, answers).await?;
     }
     Ok(())
 }
@@ -254,7 +260,6 @@ pub(crate) enum Answer {
 }
 
 /// The answers of one batch.
-#[derive(Default)]
 pub(crate) struct Answers(Vec<Answer>);
 
 impl Answers {
@@ -411,7 +416,7 @@ impl OutboxCount {
     }
 
     /// `n` entries were marked sent.
-    pub(crate) fn removed(&mut self, n: u64) {
+    fn removed(&mut self, n: u64) {
         self.pending = self.pending.saturating_sub(n);
     }
 }

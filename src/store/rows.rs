@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{OutboxEntry, StoreError};
+use super::{Key, OutboxEntry, StoreError, key_of};
 use crate::domain::{
     ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, Room, RoomId,
     RoomType, UserId, Username,
@@ -136,6 +136,18 @@ pub(crate) fn message_from_row(row: &impl Columns) -> Result<Message, StoreError
             .maybe_text(7)?
             .and_then(|s| ClientMessageId::parse(&s).ok()),
     })
+}
+
+/// Stored messages (rows of `message_columns!`) by their idempotency keys.
+pub(crate) fn by_key(rows: &[impl Columns]) -> Result<HashMap<Key, Message>, StoreError> {
+    let mut known = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let m = message_from_row(row)?;
+        if let Some(k) = key_of(&m) {
+            known.insert(k, m);
+        }
+    }
+    Ok(known)
 }
 
 /// A room from the columns of `room_columns!` and its participants (sorted).
