@@ -1,5 +1,18 @@
 //! The durable record: messages, rooms and their participants.
 //!
+//! # Map
+//! - `mod.rs`: the port: [`MessageStore`], [`StoreError`], the outbox types and the contract
+//!   below.
+//! - `embedded/`, `postgres/`, `mongo/`: the backends, one folder each with the same files:
+//!   `mod.rs` (the store and its `MessageStore` impl), `schema.rs`, `writes.rs`, `reads.rs`,
+//!   `outbox.rs` (plus `embedded/checkpoint.rs`, `mongo/documents.rs`).
+//! - `batch.rs`: the group-commit writer all three use (queue, batch loop, close, answers
+//!   after the commit, the outbox count, appends sorted against the idempotency keys).
+//! - `rows.rs`: SQL rows as messages, rooms and outbox entries (embedded and PostgreSQL).
+//! - `redis_cache.rs`: [`redis_cache::RedisCachedStore`], the Redis history cache in front of
+//!   any store.
+//! - `conformance/`: the suite every backend passes.
+//!
 //! # Contract (every backend)
 //! - `append` returns only after the message is durable (committed; fsynced where the backend
 //!   offers it). A message is never acknowledged to a client before that.
@@ -41,11 +54,13 @@
 //! - A store built without the outbox writes no entries; existing entries stay until a relay
 //!   sends them.
 
+pub(crate) mod batch;
 pub mod conformance;
 pub mod embedded;
 pub mod mongo;
 pub mod postgres;
 pub mod redis_cache;
+pub(crate) mod rows;
 
 use std::sync::Arc;
 
