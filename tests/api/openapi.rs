@@ -1,6 +1,7 @@
 //! The OpenAPI document is exact (SPEC 4): every constraint it states for an input is the one the
 //! server enforces, checked in both directions on generated and hand-picked values, and every
 //! answer the server gives is declared for its operation, error bodies in the declared shape.
+//! The fuzzer of the test command (`scripts/fuzz_api.py`) explores the rest.
 
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
@@ -11,7 +12,7 @@ use crate::auth::{SECRET, hs256, now};
 use crate::support::{TestApp, spawn_app, spawn_app_with};
 
 /// The refusal of a well-formed `before` that names no message: a state the document can only
-/// describe.
+/// describe (`scripts/fuzz_api_hooks.py` knows it too).
 const UNKNOWN_CURSOR: &str = "before names no message of this room";
 
 struct Doc(Value);

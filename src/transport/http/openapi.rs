@@ -1,10 +1,10 @@
 //! The OpenAPI document of the REST API (`openapi.json` beside this file). It states every
-//! constraint the handlers enforce and every status they answer (`tests/api/openapi.rs`), so
-//! how a caller identifies itself is stated exactly too: the file describes both ways, and an
-//! instance serves only its own. With a token-checking `AUTH_MODE` (`jwt`, `grpc`) that is the
-//! `bearer` security scheme; with `AUTH_MODE=none` it is the `X-User-Id` / `X-Username` header
-//! parameters, which are claims the server trusts rather than credentials, so that variant
-//! declares no security at all.
+//! constraint the handlers enforce and every status they answer (`tests/api/openapi.rs`, and
+//! the fuzzer of the test command: `scripts/fuzz_api.py`), so how a caller identifies itself is
+//! stated exactly too: the file describes both ways, and an instance serves only its own. With
+//! a token-checking `AUTH_MODE` (`jwt`, `grpc`) that is the `bearer` security scheme; with
+//! `AUTH_MODE=none` it is the `X-User-Id` / `X-Username` header parameters, which are claims
+//! the server trusts rather than credentials, so that variant declares no security at all.
 
 use serde_json::Value;
 
