@@ -2,8 +2,8 @@
 # Installs what the test suite needs beyond the Rust toolchain, on a fresh Debian machine:
 # Node.js + npm, Debian's Chromium (browser test), redis-server (multi-instance tests), nginx (deployment test),
 # systemd's systemd-analyze (check of the systemd unit), the e2e npm packages, and the Python venv
-# (.venv/) of the python-socketio client test, of the MongoDB stand-in (nx-27017) and of the
-# deployment checks (kubernetes-validate).
+# (.venv/) of the python-socketio client test, of the MongoDB stand-in (nx-27017), of the
+# deployment checks (kubernetes-validate) and of the API fuzzer (schemathesis).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,15 +37,15 @@ if [ ! -f e2e/node_modules/.package-lock.json ] || [ e2e/package-lock.json -nt e
 fi
 
 # Python venv (.venv/) of e2e/python (python-socketio client), of the MongoDB stand-in
-# (nx-27017) and of the deployment checks (kubernetes-validate): created when missing,
-# reinstalled when a requirements file is newer than the stamp written after the last
-# successful install.
-requirements=(e2e/python/requirements.txt scripts/mongo-standin-requirements.txt scripts/deploy-check-requirements.txt)
+# (nx-27017), of the deployment checks (kubernetes-validate) and of the API fuzzer
+# (schemathesis): created when missing, reinstalled when a requirements file is newer than the
+# stamp written after the last successful install.
+requirements=(e2e/python/requirements.txt scripts/mongo-standin-requirements.txt scripts/deploy-check-requirements.txt scripts/api-fuzz-requirements.txt)
 stale=false
 [ -x .venv/bin/python ] && [ -f .venv/.requirements-stamp ] || stale=true
 for r in "${requirements[@]}"; do [ "$r" -nt .venv/.requirements-stamp ] && stale=true; done
 if $stale; then
-  echo "setup: python venv .venv/ + pip install (python-socketio client, nx-27017, kubernetes-validate)"
+  echo "setup: python venv .venv/ + pip install (python-socketio client, nx-27017, kubernetes-validate, schemathesis)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "${requirements[@]/#/-r}"
   touch .venv/.requirements-stamp

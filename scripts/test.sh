@@ -3,7 +3,8 @@
 # a real Redis and the notification ones on a real RabbitMQ, started when not running), the official socket.io-client end-to-end suite
 # (polling, websocket and upgrade, wscat, two instances behind a real nginx) once against one
 # instance, once across two instances, and once each on the PostgreSQL and MongoDB stores,
-# the checks of the deployment examples (systemd unit, Kubernetes manifests),
+# the checks of the deployment examples (systemd unit, Kubernetes manifests), a schema-driven
+# fuzzer (schemathesis) of the REST API against its OpenAPI document,
 # the python-socketio client test, and
 # the real-browser test of the page.
 set -euo pipefail
@@ -38,6 +39,9 @@ export CHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-service"
 
 step "deployment examples: systemd unit and Kubernetes manifests against the binary"
 .venv/bin/python scripts/check_deploy.py -v
+
+step "REST API against its OpenAPI document: schemathesis --checks all, AUTH_MODE=jwt and none"
+.venv/bin/python scripts/fuzz_api.py
 
 step "socket.io-client e2e suite"
 (cd e2e && npm test)

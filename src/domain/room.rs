@@ -70,18 +70,20 @@ pub struct NewRoom {
 }
 
 impl NewRoom {
-    /// A `direct` room has exactly two distinct participants; a group at least one.
+    /// A `direct` room lists exactly two distinct participants (`["a", "b", "a"]` is refused,
+    /// as the OpenAPI document states); a group at least one, a repeated id counting once.
     pub fn new(
         room_id: RoomId,
         room_type: RoomType,
         mut participants: Vec<UserId>,
     ) -> Result<Self, ValidationError> {
+        let listed = participants.len();
         participants.sort();
         participants.dedup();
         match room_type {
-            RoomType::Direct if participants.len() != 2 => Err(ValidationError::new(
-                "a direct room has exactly two distinct participants",
-            )),
+            RoomType::Direct if listed != 2 || participants.len() != 2 => Err(
+                ValidationError::new("a direct room has exactly two distinct participants"),
+            ),
             RoomType::Group if participants.is_empty() => Err(ValidationError::new(
                 "participants must name at least one user",
             )),

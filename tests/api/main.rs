@@ -13,6 +13,7 @@ mod logs;
 mod mongo;
 mod multi_instance;
 mod notifications;
+mod openapi;
 mod persistence;
 mod postgres;
 mod raw_ws;

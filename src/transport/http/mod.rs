@@ -1,12 +1,15 @@
-//! REST (SPEC 4): health and readiness, message history, rooms, and the OpenAPI document.
-//! Every route lives under `/api/chat/...` and, for the gateway example of the old README,
-//! also under `/chat/...`. Handlers are thin: extract, call one `ChatService` method, map.
+//! REST (SPEC 4): health and readiness, message history, rooms, and the OpenAPI document
+//! (`openapi.rs`). Every route lives under `/api/chat/...` and, for the gateway example of the
+//! old README, also under `/chat/...`. Handlers are thin: extract, call one `ChatService`
+//! method, map.
 
 mod error;
+mod openapi;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -20,8 +23,6 @@ use crate::chat::{ChatError, ChatService};
 use crate::domain::{Identity, MessageId, RoomId, RoomType, UserId};
 pub use error::ApiError;
 
-pub const OPENAPI_JSON: &str = include_str!("openapi.json");
-
 #[derive(Clone)]
 pub struct HttpState {
     pub chat: Arc<ChatService>,
@@ -32,11 +33,17 @@ pub fn router(state: HttpState) -> Router {
         .route("/rooms", get(list_rooms).post(create_room))
         .route("/rooms/{room_id}", get(get_room))
         .route("/{room_id}/history", get(history));
+    let document = Bytes::from(openapi::document(
+        state.chat.authenticator().requires_token(),
+    ));
+    let openapi = get(move || async move {
+        ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+    });
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/api/openapi.json", get(openapi))
-        .route("/openapi.json", get(openapi))
+        .route("/api/openapi.json", openapi.clone())
+        .route("/openapi.json", openapi)
         .nest("/api/chat", chat_routes.clone())
         .nest("/chat", chat_routes)
         .with_state(state)
@@ -65,27 +72,33 @@ async fn ready(State(st): State<HttpState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
-}
-
 /// The caller of a REST request: from the Bearer token when the auth mode checks tokens
 /// (401 without one); with `AUTH_MODE=none`, from the `X-User-Id` / `X-Username` headers, and
-/// anonymous without them.
+/// anonymous without them. Those headers must be printable ASCII (400 otherwise, rather than
+/// an unreadable identity taken for none).
 async fn caller(chat: &ChatService, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
-    let header_text = |name: &str| {
+    let header_text = |name: &str| -> Result<Option<String>, ApiError> {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    ApiError(ChatError::InvalidPayload(format!(
+                        "{name} must be printable ASCII"
+                    )))
+                })
+            })
+            .transpose()
     };
-    let bearer = header_text("authorization").and_then(|v| {
-        let (scheme, token) = v.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned())
-    });
     if chat.authenticator().requires_token() {
+        let bearer = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            });
         let Some(token) = bearer else {
             return Err(ChatError::AuthFailed("Missing Authorization: Bearer token".into()).into());
         };
@@ -95,12 +108,12 @@ async fn caller(chat: &ChatService, headers: &HeaderMap) -> Result<Option<Identi
         };
         return Ok(Some(chat.identify(credentials).await?));
     }
-    match header_text("x-user-id") {
+    match header_text("x-user-id")? {
         Some(user_id) => Ok(Some(
             chat.identify(Credentials {
                 token: None,
                 user_id: Some(user_id),
-                username: header_text("x-username"),
+                username: header_text("x-username")?,
             })
             .await?,
         )),

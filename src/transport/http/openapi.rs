@@ -1,0 +1,56 @@
+//! The OpenAPI document of the REST API (`openapi.json` beside this file). It states every
+//! constraint the handlers enforce and every status they answer (`tests/api/openapi.rs`, and
+//! the fuzzer of the test command: `scripts/fuzz_api.py`), so how a caller identifies itself is
+//! stated exactly too: the file describes both ways, and an instance serves only its own. With
+//! a token-checking `AUTH_MODE` (`jwt`, `grpc`) that is the `bearer` security scheme; with
+//! `AUTH_MODE=none` it is the `X-User-Id` / `X-Username` header parameters, which are claims
+//! the server trusts rather than credentials, so that variant declares no security at all.
+
+use serde_json::Value;
+
+const SOURCE: &str = include_str!("openapi.json");
+
+/// The header parameters of `AUTH_MODE=none` (under `components/parameters`).
+const IDENTITY_HEADERS: [&str; 3] = ["XUserIdRequired", "XUserId", "XUsername"];
+
+/// The document an instance serves: `requires_token` is its authenticator's.
+pub fn document(requires_token: bool) -> String {
+    let mut doc: Value = serde_json::from_str(SOURCE).expect("openapi.json is valid JSON");
+    if requires_token {
+        let refs: Vec<String> = IDENTITY_HEADERS
+            .iter()
+            .map(|name| format!("#/components/parameters/{name}"))
+            .collect();
+        for operation in operations(&mut doc) {
+            if let Some(Value::Array(parameters)) = operation.get_mut("parameters") {
+                parameters.retain(|p| !refs.iter().any(|r| p["$ref"] == r.as_str()));
+                if parameters.is_empty() {
+                    operation.as_object_mut().map(|o| o.remove("parameters"));
+                }
+            }
+        }
+        if let Some(Value::Object(parameters)) = doc.pointer_mut("/components/parameters") {
+            for name in IDENTITY_HEADERS {
+                parameters.remove(name);
+            }
+        }
+    } else {
+        doc.as_object_mut().map(|o| o.remove("security"));
+        for operation in operations(&mut doc) {
+            operation.as_object_mut().map(|o| o.remove("security"));
+        }
+        if let Some(Value::Object(components)) = doc.get_mut("components") {
+            components.remove("securitySchemes");
+        }
+    }
+    serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
+}
+
+fn operations(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
+    doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|path| path.values_mut())
+}
