@@ -345,9 +345,10 @@ impl Config {
                     .map(|o| o.trim().trim_end_matches('/').to_string())
                     .filter(|o| !o.is_empty())
                     .collect();
+                // An origin must be a valid header value: visible ASCII, space or tab.
                 for o in &origins {
                     if !(o.starts_with("http://") || o.starts_with("https://"))
-                        || axum::http::HeaderValue::from_str(o).is_err()
+                        || !o.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
                     {
                         return Err(bad(
                             "CORS_ORIGIN",

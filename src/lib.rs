@@ -10,6 +10,9 @@
 //! - `transport`: Socket.IO, REST, the client page. Uses `chat`, `domain`, the `auth` types.
 //! - `app`: the composition root, the only module that names concrete adapters.
 //! - `config`: the typed configuration tree.
+//! - `redis_link`: the Redis connection settings the three Redis adapters share.
+//!
+//! `tests/dependency_rule.rs` checks these arrows on the source text.
 //! - `telemetry`: the log output (`LOG_FORMAT`: text or JSON lines).
 
 pub mod app;
@@ -20,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod presence;
+pub mod redis_link;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

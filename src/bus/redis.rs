@@ -31,34 +31,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, PubSubSink};
 use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusHandler};
 use crate::domain::{RoomEvent, RoomId};
+use crate::redis_link::{MAX_BACKOFF, TIMEOUT};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
 const PUBLISH_BATCH: usize = 512;
-const TIMEOUT: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(3);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The pub/sub channel of a room.
 pub fn channel(room: &RoomId) -> String {
     format!("chat:room:{room}")
-}
-
-/// A `ConnectionManager` with the short timeouts every Redis adapter uses (an outage must
-/// fail calls promptly, never hang them). Lazy: the service starts even while Redis is down.
-pub fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisError> {
-    ConnectionManager::new_lazy_with_config(
-        client.clone(),
-        ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(MAX_BACKOFF),
-    )
 }
 
 #[derive(Default)]
@@ -86,7 +72,8 @@ impl RedisBus {
     /// `origin` identifies this instance in the envelopes (unique per process).
     pub fn new(url: &str, origin: String) -> Result<Self, BusError> {
         let client = redis::Client::open(url).map_err(|e| BusError(e.to_string()))?;
-        let conn = connection_manager(&client).map_err(|e| BusError(e.to_string()))?;
+        let conn =
+            crate::redis_link::connection_manager(&client).map_err(|e| BusError(e.to_string()))?;
         let (queue, queue_rx) = mpsc::channel(PUBLISH_QUEUE);
         Ok(Self {
             origin,

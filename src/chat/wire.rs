@@ -1,9 +1,9 @@
 //! The names of socket events (both transports) and the outbound event value shared by every
 //! recipient of a broadcast.
 
+use std::any::Any;
 use std::sync::OnceLock;
 
-use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -26,15 +26,26 @@ pub const USER_LEFT: &str = "user_left";
 pub const USER_TYPING: &str = "user_typing";
 pub const ERROR: &str = "error";
 
+/// How many wire formats may cache an encoding of an event (`ServerEvent::encoded`).
+pub const FRAME_SLOTS: usize = 2;
+
 /// One event for one or many clients. Built once per broadcast and shared (`Arc`) by every
-/// recipient; each WebSocket encoding is cached here, so a broadcast is serialized once per
-/// transport and every recipient's frame shares the same bytes (a reference count, no copy).
-#[derive(Debug)]
+/// recipient; each transport caches its encoding here (`encoded`), so a broadcast is
+/// serialized once per wire format and every recipient's frame shares the same bytes. `chat`
+/// does not know the formats: the transports own the slots and what they hold.
 pub struct ServerEvent {
     pub name: &'static str,
     pub data: Value,
-    ws_frame: OnceLock<Utf8Bytes>,
-    sio_frame: OnceLock<Utf8Bytes>,
+    frames: [OnceLock<Box<dyn Any + Send + Sync>>; FRAME_SLOTS],
+}
+
+impl std::fmt::Debug for ServerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerEvent")
+            .field("name", &self.name)
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerEvent {
@@ -46,23 +57,21 @@ impl ServerEvent {
         Self {
             name,
             data,
-            ws_frame: OnceLock::new(),
-            sio_frame: OnceLock::new(),
+            frames: Default::default(),
         }
     }
 
-    // Event names are fixed ASCII identifiers (the constants above): no escaping needed.
-
-    /// The raw-WebSocket frame `{"event": name, "data": data}`, encoded once.
-    pub fn ws_frame(&self) -> &Utf8Bytes {
-        self.ws_frame
-            .get_or_init(|| format!(r#"{{"event":"{}","data":{}}}"#, self.name, self.data).into())
-    }
-
-    /// The Socket.IO event packet in its Engine.IO message, `42["name",data]`, encoded once.
-    pub fn sio_frame(&self) -> &Utf8Bytes {
-        self.sio_frame
-            .get_or_init(|| format!(r#"42["{}",{}]"#, self.name, self.data).into())
+    /// The encoding of `slot`'s wire format, made by `encode` the first time it is asked
+    /// for. A slot always holds the same type (its transport's frame type).
+    pub fn encoded<T: Any + Send + Sync>(
+        &self,
+        slot: usize,
+        encode: impl FnOnce(&Self) -> T,
+    ) -> &T {
+        self.frames[slot]
+            .get_or_init(|| Box::new(encode(self)))
+            .downcast_ref::<T>()
+            .expect("a frame slot holds one type")
     }
 }
 
@@ -71,17 +80,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_are_encoded_once_and_shared() {
-        let ev = ServerEvent::from_value(NEW_MESSAGE, serde_json::json!({"a": "\"x\"", "b": 1}));
-        assert_eq!(
-            ev.sio_frame().as_str(),
-            r#"42["new_message",{"a":"\"x\"","b":1}]"#
-        );
-        assert_eq!(
-            ev.ws_frame().as_str(),
-            r#"{"event":"new_message","data":{"a":"\"x\"","b":1}}"#
-        );
-        // The same bytes for every recipient: the second call returns the cached buffer.
-        assert_eq!(ev.sio_frame().as_ptr(), ev.sio_frame().clone().as_ptr());
+    fn an_encoding_is_made_once_and_shared() {
+        let ev = ServerEvent::from_value(NEW_MESSAGE, serde_json::json!({"a": 1}));
+        let mut calls = 0;
+        let first = ev.encoded(0, |e| {
+            calls += 1;
+            format!("{}:{}", e.name, e.data)
+        });
+        assert_eq!(first, "new_message:{\"a\":1}");
+        let again = ev.encoded(0, |_| -> String { unreachable!("encoded once") });
+        assert_eq!(first.as_ptr(), again.as_ptr());
+        assert_eq!(calls, 1);
     }
 }

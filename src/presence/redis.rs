@@ -220,7 +220,7 @@ pub struct RedisPresence {
 impl RedisPresence {
     pub fn new(url: &str, origin: String) -> Result<Self, PresenceError> {
         let client = redis::Client::open(url).map_err(|e| PresenceError(e.to_string()))?;
-        let conn = crate::bus::redis::connection_manager(&client)
+        let conn = crate::redis_link::connection_manager(&client)
             .map_err(|e| PresenceError(e.to_string()))?;
         Ok(Self {
             origin,

@@ -81,7 +81,7 @@ impl RedisCachedStore {
         ttl: Duration,
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let conn = crate::bus::redis::connection_manager(&client)
+        let conn = crate::redis_link::connection_manager(&client)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok(Self {
             inner,

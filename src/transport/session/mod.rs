@@ -49,6 +49,11 @@ use crate::transport::sleep_until_deadline;
 pub use events::Conn;
 pub use outbox::{Out, SessionSink};
 
+/// The `ServerEvent::encoded` slot of each protocol's event frame: `42["name",data]` and
+/// `{"event":"name","data":data}`.
+pub const SIO_FRAME: usize = 0;
+pub const RAW_FRAME: usize = 1;
+
 /// What every session shares, whatever its protocol.
 pub struct SessionConfig {
     pub max_payload_bytes: usize,

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::handshake_credentials;
 use crate::chat::wire::ServerEvent;
-use crate::transport::session::{Codec, Conn, Out, SessionConfig, Step};
+use crate::transport::session::{Codec, Conn, Out, SIO_FRAME, SessionConfig, Step};
 
 /// The Engine.IO open packet; `upgrades` names `websocket` for a polling session.
 pub fn open_packet(sid: &str, upgrades: bool, cfg: &SessionConfig) -> String {
@@ -98,7 +98,12 @@ impl Codec for SioCodec {
     }
 
     fn event_frame(event: &ServerEvent) -> Utf8Bytes {
-        event.sio_frame().clone()
+        // Event names are fixed ASCII identifiers (`chat::wire`): no escaping needed.
+        event
+            .encoded(SIO_FRAME, |e| {
+                Utf8Bytes::from(format!(r#"42["{}",{}]"#, e.name, e.data))
+            })
+            .clone()
     }
 
     fn ack_frame(id: &Value, body: &Value) -> Utf8Bytes {

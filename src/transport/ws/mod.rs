@@ -23,7 +23,9 @@ use serde_json::Value;
 
 use crate::chat::wire::ServerEvent;
 use crate::chat::{ChatError, ChatService};
-use crate::transport::session::{self, Codec, Conn, Out, SessionConfig, SessionSink, Step};
+use crate::transport::session::{
+    self, Codec, Conn, Out, RAW_FRAME, SessionConfig, SessionSink, Step,
+};
 use crate::transport::websocket::{WsCarrier, limited_upgrade};
 
 #[derive(Clone)]
@@ -128,7 +130,11 @@ impl Codec for RawCodec {
     }
 
     fn event_frame(event: &ServerEvent) -> Utf8Bytes {
-        event.ws_frame().clone()
+        event
+            .encoded(RAW_FRAME, |e| {
+                Utf8Bytes::from(format!(r#"{{"event":"{}","data":{}}}"#, e.name, e.data))
+            })
+            .clone()
     }
 
     fn ack_frame(id: &Value, body: &Value) -> Utf8Bytes {
