@@ -9,6 +9,8 @@
 # the runs. Scenario settings can be overridden with environment variables (CONNECTIONS,
 # ROOM_SIZE, RATE, DURATION, WARMUP, MESSAGE_SIZE, WORKERS, EXTRA_ARGS, SERVERS="rust node",
 # REDIS_URL for s4, UPGRADE=1 for sessions that start on long-polling and upgrade).
+# BASE_BIN=<another chat-service binary> adds it as a third server, `base`, measured in the
+# same runs (a before/after comparison: the table gets its column and the ratio to it).
 # Results: bench/results/<scenario>-<server>-<run>.json and bench/results/<scenario>.md.
 #
 # RAMP=1 (any scenario) searches the maximum sustainable rate instead: chat-bench starts at RATE
@@ -54,6 +56,10 @@ case "$SCENARIO" in
   *) echo "unknown scenario $SCENARIO (s1, s2, s3, s3big, s4, s6, custom)" >&2; exit 2 ;;
 esac
 : "${MESSAGE_SIZE:=64}" "${WORKERS:=1}" "${EXTRA_ARGS:=}" "${SERVERS:=rust node}" "${RAMP:=0}"
+if [ -n "${BASE_BIN:-}" ]; then
+  [ -x "$BASE_BIN" ] || { echo "BASE_BIN=$BASE_BIN is not an executable" >&2; exit 2; }
+  case " $SERVERS " in *" base "*) ;; *) SERVERS="$SERVERS base" ;; esac
+fi
 
 # NAME prefixes the result files: a ramp's JSON has another shape than one run's, so it must
 # not mix with the fixed-rate results of the same scenario in summarize.js.
@@ -124,7 +130,9 @@ start_instance() {
   # Only s4 gives the servers Redis: a REDIS_URL or REDIS_HOST in the caller's environment must
   # not turn the single-instance scenarios into Redis ones.
   if [ "$INSTANCES" -gt 1 ]; then redis_env=(REDIS_URL="$REDIS_URL"); fi
-  if [ "$kind" = rust ]; then
+  if [ "$kind" = rust ] || [ "$kind" = base ]; then
+    local bin=$TARGET/release/chat-service
+    if [ "$kind" = base ]; then bin=$BASE_BIN; fi
     data=$(mktemp -d)
     DATA_DIRS+=("$data")
     # MESSAGE_HISTORY_TTL: the Redis history cache of the bench rooms (run-unique names) expires
@@ -133,7 +141,7 @@ start_instance() {
       PORT=0 HOST=127.0.0.1 DATA_DIR="$data" RUST_LOG=warn \
       RATE_LIMIT_PER_SEC=0 EVENT_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 \
       AUTH_TIMEOUT_SECS=600 \
-      taskset -c 0 "$TARGET/release/chat-service" >"$log" 2>&1 &
+      taskset -c 0 "$bin" >"$log" 2>&1 &
   else
     env -u REDIS_URL -u REDIS_HOST "${redis_env[@]}" PORT=0 taskset -c 0 node bench/node-reference/server.js >"$log" 2>&1 &
   fi

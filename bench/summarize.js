@@ -8,7 +8,9 @@ const fs = require('fs');
 const path = require('path');
 
 const [scenario, runs, dir] = process.argv.slice(2);
-const servers = ['rust', 'node'];
+// `base`: another chat-service build run beside them (bench/run.sh with BASE_BIN), for a
+// before/after comparison in the same run; its columns appear only when it has results.
+const servers = ['rust', 'node', 'base'];
 const rows = [
   ['connected', (s) => s.connected],
   ['offered rate (msg/s)', (s) => s.offered_rate],
@@ -68,22 +70,27 @@ console.log(`Median of ${results.rust.length} (chat-service) / ${results.node.le
 console.log('');
 printTable(rows);
 console.log('');
-for (const server of servers) {
+for (const server of servers.filter((sv) => results[sv].length > 0)) {
   console.log(`${server} per run: ` + results[server].map((s) =>
     `cpu µs/delivery ${fmt(s.server.cpu_us_per_delivery)}, p99 ${fmt(s.latency_ms.p99)} ms, ` +
     `RSS ${s.server.rss_kb_start} KB, passed ${s.passed}`).join(' | '));
   console.log('');
 }
 
-// One row per metric: the median over each server's runs and their ratio.
+// One row per metric: the median over each server's runs and their ratio (and, with a
+// `base` build, its median and the ratio chat-service / base).
 function printTable(metrics) {
-  console.log('| metric | chat-service | Node.js reference | ratio (chat-service / Node) |');
-  console.log('| --- | ---: | ---: | ---: |');
+  const base = results.base.length > 0;
+  console.log('| metric | chat-service | Node.js reference | ratio (chat-service / Node) |' +
+    (base ? ' chat-service before (BASE_BIN) | ratio (chat-service / before) |' : ''));
+  console.log('| --- | ---: | ---: | ---: |' + (base ? ' ---: | ---: |' : ''));
+  const ratio = (a, b) => (a !== null && b ? fmt(a / b) : 'n/a');
   for (const [name, get] of metrics) {
     const r = median(results.rust.map(get));
     const n = median(results.node.map(get));
-    const ratio = r !== null && n ? r / n : null;
-    console.log(`| ${name} | ${fmt(r)} | ${fmt(n)} | ${ratio === null ? 'n/a' : fmt(ratio)} |`);
+    const b = base ? median(results.base.map(get)) : null;
+    console.log(`| ${name} | ${fmt(r)} | ${fmt(n)} | ${ratio(r, n)} |` +
+      (base ? ` ${fmt(b)} | ${ratio(r, b)} |` : ''));
   }
 }
 
