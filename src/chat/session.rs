@@ -17,6 +17,9 @@ use crate::domain::{ConnId, Identity, RoomId, now_ms};
 /// The state of one connection, owned by its transport task.
 pub struct Session {
     pub(super) conn: ConnId,
+    /// The id the client sees: Socket.IO's `socket.id` (sent in `40{"sid":..}`), stored as
+    /// `socketId` in `user:presence:{userId}`.
+    socket_id: Arc<str>,
     pub(super) sink: Arc<dyn ClientSink>,
     pub(super) identity: Option<Identity>,
     /// Epoch seconds at which the identity's token expires.
@@ -39,10 +42,12 @@ pub enum Deadline {
 }
 
 impl Session {
-    pub fn new(sink: Arc<dyn ClientSink>) -> Self {
+    /// `socket_id`: the id the client sees (see the field).
+    pub fn new(sink: Arc<dyn ClientSink>, socket_id: Arc<str>) -> Self {
         let now = Instant::now();
         Self {
             conn: ConnId::next(),
+            socket_id,
             sink,
             identity: None,
             expires_at: None,
@@ -153,11 +158,24 @@ impl ChatService {
     }
 
     /// `authenticate`: sets the identity of the connection and emits `authenticated`.
+    ///
+    /// Once a token established the identity (the Socket.IO handshake's `auth.token`), an
+    /// `authenticate` without a token, as the seed's client sends after connecting, is
+    /// answered with that identity while the token is valid: with auth configured the claimed
+    /// fields never count. A
+    /// token of another user is refused: a connection never switches users.
     pub async fn authenticate(
         &self,
         s: &mut Session,
         credentials: Credentials,
     ) -> Result<Identity, ChatError> {
+        if credentials.token.is_none()
+            && self.auth.requires_token()
+            && let Ok(identity) = self.require_identity(s)
+        {
+            s.emit(ServerEvent::new(wire::AUTHENTICATED, &identity));
+            return Ok(identity);
+        }
         let authenticated = self
             .auth
             .authenticate(credentials)
@@ -174,7 +192,12 @@ impl ChatService {
             None => {
                 let admitted = self
                     .presence
-                    .connect(&identity.user_id, s.conn, self.cfg.max_connections_per_user)
+                    .connect(
+                        &identity.user_id,
+                        s.conn,
+                        &s.socket_id,
+                        self.cfg.max_connections_per_user,
+                    )
                     .await?;
                 if !admitted {
                     tracing::info!(user = %identity.user_id, "connection refused: too many connections");

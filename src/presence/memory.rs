@@ -32,6 +32,7 @@ impl Presence for MemoryPresence {
         &self,
         user: &UserId,
         conn: ConnId,
+        _socket_id: &str,
         limit: u32,
     ) -> Result<bool, PresenceError> {
         let mut st = self.state.lock();

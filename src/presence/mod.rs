@@ -21,9 +21,15 @@ pub struct PresenceError(pub String);
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Counts the connection in if the user has fewer than `limit` (0 = unlimited); returns
-    /// whether it was admitted.
-    async fn connect(&self, user: &UserId, conn: ConnId, limit: u32)
-    -> Result<bool, PresenceError>;
+    /// whether it was admitted. `socket_id`: the id the client sees (Socket.IO's `socket.id`),
+    /// which `user:presence:{userId}` shows other services.
+    async fn connect(
+        &self,
+        user: &UserId,
+        conn: ConnId,
+        socket_id: &str,
+        limit: u32,
+    ) -> Result<bool, PresenceError>;
     /// Returns how many connections of the user remain.
     async fn disconnect(&self, user: &UserId, conn: ConnId) -> Result<u32, PresenceError>;
     async fn join(

@@ -412,6 +412,7 @@ impl Presence for RedisPresence {
         &self,
         user: &UserId,
         conn: ConnId,
+        socket_id: &str,
         limit: u32,
     ) -> Result<bool, PresenceError> {
         let now = now_ms();
@@ -425,7 +426,7 @@ impl Presence for RedisPresence {
             .arg(now)
             .arg(Self::expiry(now))
             .arg(limit)
-            .arg(self.conn_member(conn))
+            .arg(socket_id)
             .arg(PRESENCE_TTL.as_secs())
             .invoke_async(&mut c)
             .await;
@@ -435,11 +436,11 @@ impl Presence for RedisPresence {
                 self.failed("connect", &e);
                 self.touch_user(user);
                 // Admitted by the local count; the heartbeat publishes it once Redis is back.
-                self.memory.connect(user, conn, limit).await?
+                self.memory.connect(user, conn, socket_id, limit).await?
             }
         };
         if admitted {
-            self.memory.connect(user, conn, 0).await?;
+            self.memory.connect(user, conn, socket_id, 0).await?;
             self.local.lock().conns.insert(conn, user.clone());
         }
         Ok(admitted)

@@ -98,6 +98,53 @@ async fn handshake_auth_token_authenticates_at_connect() {
     assert_eq!(bad.event("error").await["code"], "auth_failed");
 }
 
+/// Issue 15.3: the seed's client connects with `auth: {token}` and then emits `authenticate
+/// {userId, username}` without a token. It is answered with the handshake's identity; the
+/// claimed fields are ignored, and a token of another user is still refused.
+#[tokio::test]
+async fn seed_style_authenticate_after_a_handshake_token_keeps_the_handshake_identity() {
+    let app = spawn_app_with(&["--auth-mode", "jwt", "--jwt-secret", SECRET]).await;
+    let token = hs256(
+        json!({"sub": "hs2", "name": "Real Name", "exp": now() + 600}),
+        SECRET,
+    );
+    let mut c = SioClient::connect(app.addr, Some(json!({"token": token}))).await;
+    let me = json!({"userId": "hs2", "username": "Real Name"});
+    assert_eq!(c.event("authenticated").await, me);
+    let ack = c
+        .emit_ack(
+            "authenticate",
+            json!({"userId": "claimed", "username": "Claimed"}),
+        )
+        .await;
+    assert_eq!(
+        ack,
+        json!({"success": true, "userId": "hs2", "username": "Real Name"})
+    );
+    assert_eq!(c.event("authenticated").await, me);
+    c.join("seed-style").await;
+    assert_eq!(c.say("seed-style", "hi").await["success"], true);
+    assert_eq!(c.event("new_message").await["userId"], "hs2");
+    // A token of another user: refused, and the connection stays who it was.
+    let other = hs256(json!({"sub": "someone-else", "exp": now() + 600}), SECRET);
+    let ack = c.emit_ack("authenticate", json!({"token": other})).await;
+    assert_eq!(ack["success"], false, "{ack}");
+    assert_eq!(c.say("seed-style", "still me").await["success"], true);
+    let last = c
+        .event_where("new_message", |m| m["message"] == "still me")
+        .await;
+    assert_eq!(last["userId"], "hs2");
+    // Without a handshake token, a token-less authenticate is still refused.
+    let mut anonymous = app.client().await;
+    let ack = anonymous
+        .emit_ack(
+            "authenticate",
+            json!({"userId": "claimed", "username": "Claimed"}),
+        )
+        .await;
+    assert_eq!(ack["error"]["code"], "auth_failed", "{ack}");
+}
+
 #[tokio::test]
 async fn es256_public_key_with_issuer_and_audience() {
     let public = std::fs::read_to_string(fixture("ec-public.pem")).unwrap();

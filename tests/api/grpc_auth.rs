@@ -114,7 +114,15 @@ async fn the_auth_service_decides_who_the_user_is() {
         .emit_ack("authenticate", json!({"token": "unknown"}))
         .await;
     assert_eq!(ack["error"]["code"], "auth_failed");
+    // Without a token: the identity a token established stays (issue 15.3); a connection
+    // without one is refused.
     let ack = c
+        .emit_ack("authenticate", json!({"userId": "no-token"}))
+        .await;
+    assert_eq!(ack["userId"], "alice-id", "{ack}");
+    let ack = app
+        .client()
+        .await
         .emit_ack("authenticate", json!({"userId": "no-token"}))
         .await;
     assert_eq!(ack["error"]["code"], "auth_failed");

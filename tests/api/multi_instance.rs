@@ -162,7 +162,9 @@ async fn presence_hash_tracks_status_socket_and_name() {
     let h: std::collections::HashMap<String, String> = r.hgetall(&key).await.unwrap();
     assert_eq!(h["status"], "online");
     assert_eq!(h["username"], user);
-    assert!(!h["socketId"].is_empty());
+    // Socket.IO's socket.id, as the Node service stores it (issue 15.2).
+    assert_eq!(h["socketId"], c.socket_id);
+    assert_eq!(c.socket_id.len(), 20, "{}", c.socket_id);
     assert!(h["lastSeen"].parse::<u64>().unwrap() > 1_600_000_000_000);
     let ttl: i64 = r.ttl(&key).await.unwrap();
     assert!((3500..=3600).contains(&ttl), "ttl {ttl}");
@@ -176,6 +178,19 @@ async fn presence_hash_tracks_status_socket_and_name() {
         }
     })
     .await;
+    // A raw WebSocket connection has no socket.id: it stores a random id of the same shape,
+    // its own.
+    let mut ws = raw_ws::connect(app_a.addr, "/ws").await;
+    raw_ws::send(
+        &mut ws,
+        json!({"event": "authenticate", "data": {"userId": user, "username": user}}),
+    )
+    .await;
+    raw_ws::next(&mut ws, "authenticated").await;
+    let h: std::collections::HashMap<String, String> = r.hgetall(&key).await.unwrap();
+    assert_eq!(h["status"], "online");
+    assert_eq!(h["socketId"].len(), 20, "{}", h["socketId"]);
+    assert_ne!(h["socketId"], c.socket_id);
 }
 
 #[tokio::test]

@@ -229,6 +229,8 @@ pub struct SioClient {
     inbox: Arc<Mutex<Inbox>>,
     notify: Arc<Notify>,
     next_ack: u64,
+    /// Socket.IO's `socket.id`: the `sid` of the server's CONNECT answer.
+    pub socket_id: String,
 }
 
 impl SioClient {
@@ -255,7 +257,7 @@ impl SioClient {
         });
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         let notify = Arc::new(Notify::new());
-        let (connected_tx, connected_rx) = oneshot::channel::<Result<(), String>>();
+        let (connected_tx, connected_rx) = oneshot::channel::<Result<String, String>>();
         {
             let inbox = inbox.clone();
             let notify = notify.clone();
@@ -279,7 +281,11 @@ impl SioClient {
                             match packet.as_bytes().first() {
                                 Some(b'0') => {
                                     if let Some(tx) = connected.take() {
-                                        let _ = tx.send(Ok(()));
+                                        let sid = serde_json::from_str::<Value>(&packet[1..])
+                                            .ok()
+                                            .and_then(|v| v["sid"].as_str().map(String::from))
+                                            .unwrap_or_default();
+                                        let _ = tx.send(Ok(sid));
                                     }
                                 }
                                 Some(b'4') => {
@@ -341,7 +347,7 @@ impl SioClient {
             None => "40".into(),
         };
         out.send(WsMessage::text(open)).map_err(|e| e.to_string())?;
-        tokio::time::timeout(WAIT, connected_rx)
+        let socket_id = tokio::time::timeout(WAIT, connected_rx)
             .await
             .map_err(|_| "no connect packet".to_string())?
             .map_err(|_| "closed before connect".to_string())??;
@@ -350,6 +356,7 @@ impl SioClient {
             inbox,
             notify,
             next_ack: 0,
+            socket_id,
         })
     }
 

@@ -87,13 +87,17 @@ pub struct Conn<C> {
     pending: VecDeque<Job>,
     /// The `bytes` of the waiting events.
     pending_bytes: usize,
+    /// The id the client sees (Socket.IO's `socket.id`), also in the session.
+    socket_id: Arc<str>,
     codec: PhantomData<fn() -> C>,
 }
 
 impl<C: Codec> Conn<C> {
     pub(super) fn new(chat: Arc<ChatService>, sink: Arc<SessionSink>) -> Self {
+        let socket_id: Arc<str> = super::random_id().into();
         Self {
-            session: Some(Session::new(sink.clone())),
+            session: Some(Session::new(sink.clone(), socket_id.clone())),
+            socket_id,
             chat,
             sink,
             running: None,
@@ -101,6 +105,11 @@ impl<C: Codec> Conn<C> {
             pending_bytes: 0,
             codec: PhantomData,
         }
+    }
+
+    /// The id the client sees: Socket.IO's `socket.id`, the `sid` of its CONNECT answer.
+    pub fn socket_id(&self) -> &str {
+        &self.socket_id
     }
 
     /// Queues a frame for the client; a full queue is a slow consumer, which is cut off.

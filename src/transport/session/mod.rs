@@ -46,6 +46,13 @@ use tokio_util::task::TaskTracker;
 use crate::chat::ChatService;
 use crate::chat::wire::ServerEvent;
 use crate::transport::sleep_until_deadline;
+
+/// A random id of 20 URL-safe characters, the shape of Engine.IO's `sid` and Socket.IO's
+/// `socket.id`.
+pub fn random_id() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 15]>())
+}
 pub use events::Conn;
 pub use outbox::{Out, SessionSink};
 

@@ -145,7 +145,7 @@ impl SioCodec {
                     },
                 };
                 self.connected = true;
-                let ack = format!(r#"40{{"sid":"{}"}}"#, random_id());
+                let ack = format!(r#"40{{"sid":"{}"}}"#, conn.socket_id());
                 conn.queue(Out::Frame(ack.into()));
                 if let Some(credentials) = auth.as_ref().and_then(handshake_credentials) {
                     conn.handshake_auth(credentials);
@@ -256,12 +256,6 @@ fn split_ack_id(rest: &str, binary: bool) -> Result<((Option<u64>, usize), &str)
         _ => Some(rest[..digits].parse::<u64>().map_err(|_| "bad ack id")?),
     };
     Ok(((ack, attachments), &rest[digits..]))
-}
-
-/// 20 URL-safe characters, like the ids socket.io hands out.
-pub(super) fn random_id() -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 15]>())
 }
 
 #[cfg(test)]

@@ -143,7 +143,7 @@ fn accept_websocket(state: SocketIoState, ws: WebSocketUpgrade) -> Response {
     let cfg = state.cfg.session.clone();
     limited_upgrade(ws, cfg.max_payload_bytes).on_upgrade(move |socket| {
         let sink = SessionSink::new(cfg.max_queued_frames);
-        let open = codec::open_packet(&codec::random_id(), false, &cfg);
+        let open = codec::open_packet(&crate::transport::session::random_id(), false, &cfg);
         // The outbox is empty: this cannot be refused.
         let _ = sink.push(Out::Frame(open.into()));
         // `run` is the task's whole future (no wrapper holding the socket beside it): an idle

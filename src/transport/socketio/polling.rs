@@ -191,7 +191,7 @@ fn bad_request() -> Response {
 
 /// The handshake GET: starts the session's task and returns the open packet.
 pub fn handshake(state: &SocketIoState) -> Response {
-    let sid = codec::random_id();
+    let sid = crate::transport::session::random_id();
     let sink = SessionSink::new(state.cfg.session.max_queued_frames);
     let (tx, rx) = mpsc::channel(INCOMING_PAYLOADS);
     let shared = Arc::new(PollSession {
