@@ -45,6 +45,7 @@ pub struct App {
     stop_workers: CancellationToken,
     chat: Arc<ChatService>,
     store: Arc<dyn MessageStore>,
+    bus: Arc<dyn Bus>,
     events: Option<Arc<dyn EventPublisher>>,
     shutdown_timeout: Duration,
     /// Adapter tasks (Redis bus, presence heartbeat), aborted after the drain.
@@ -183,7 +184,7 @@ impl App {
         let mut chat = ChatService::new(
             cfg.chat.clone(),
             store.clone(),
-            bus,
+            bus.clone(),
             presence,
             auth,
             registry,
@@ -234,6 +235,7 @@ impl App {
             stop_workers,
             chat,
             store,
+            bus,
             events,
             shutdown_timeout: cfg.shutdown_timeout,
             background: Background(background),
@@ -260,6 +262,7 @@ impl App {
             stop_workers,
             chat,
             store,
+            bus,
             events,
             shutdown_timeout,
             background,
@@ -331,6 +334,14 @@ impl App {
         }
         if let Some(events) = &events {
             events.close().await;
+        }
+        // The room events already acked to their senders reach the other instances before
+        // the bus task stops (members there do not resume: they never disconnected).
+        if tokio::time::timeout(shutdown_timeout, bus.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("room events not sent to other instances in time");
         }
         drop(background);
         if tokio::time::timeout(shutdown_timeout, store.close())

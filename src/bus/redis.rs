@@ -66,6 +66,9 @@ pub struct RedisBus {
     subs: tokio::sync::Mutex<Subscriptions>,
     up: tokio::sync::watch::Sender<bool>,
     dropped: AtomicU64,
+    /// Envelopes queued, and envelopes the publisher has finished with (sent or failed).
+    queued: AtomicU64,
+    finished: tokio::sync::watch::Sender<u64>,
 }
 
 impl RedisBus {
@@ -86,6 +89,8 @@ impl RedisBus {
             subs: tokio::sync::Mutex::new(Subscriptions::default()),
             up: tokio::sync::watch::Sender::new(false),
             dropped: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            finished: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -143,6 +148,8 @@ impl RedisBus {
                     }
                 }
             }
+            let n = batch.len() as u64;
+            self.finished.send_modify(|f| *f += n);
             batch.clear();
         }
     }
@@ -283,7 +290,9 @@ impl Bus for RedisBus {
         if let Some(h) = self.handler.get() {
             h.on_event(event);
         }
-        if self.queue.try_send((ch, payload.to_string())).is_err() {
+        if self.queue.try_send((ch, payload.to_string())).is_ok() {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+        } else {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -297,6 +306,17 @@ impl Bus for RedisBus {
 
     async fn subscribe(&self, room: &RoomId) -> Result<(), BusError> {
         *self.wanted.lock().entry(room.clone()).or_default() += 1;
+        self.reconcile(room).await
+    }
+
+    async fn flush(&self) {
+        let queued = self.queued.load(Ordering::Acquire);
+        let _ = self.finished.subscribe().wait_for(|f| *f >= queued).await;
+    }
+
+    async fn subscribed(&self, room: &RoomId) -> Result<(), BusError> {
+        // `reconcile` waits for the subscription in flight (it holds `subs`), and retries one
+        // that failed.
         self.reconcile(room).await
     }
 

@@ -45,13 +45,20 @@ impl ChatService {
                 Some(room) if room.private => {}
                 _ => self.store.add_member(&room_id, &me.user_id).await?,
             }
-            // Registered before history is read, so no message falls between the two; a
-            // message sent meanwhile may arrive both live and in the history (same messageId).
-            if self
+            // Registered, and the room's subscription live, before history is read, so no
+            // message falls between the two; a message sent meanwhile may arrive both live
+            // and in the history (same messageId). A joiner that is not the room's first
+            // local member still waits for the first one's subscription (issue 15.4: it read
+            // history before the subscription was live and missed a message).
+            let first = self
                 .registry
-                .add(&room_id, s.conn, &me.user_id, s.sink.clone())
-                && let Err(e) = self.bus.subscribe(&room_id).await
-            {
+                .add(&room_id, s.conn, &me.user_id, s.sink.clone());
+            let live = if first {
+                self.bus.subscribe(&room_id).await
+            } else {
+                self.bus.subscribed(&room_id).await
+            };
+            if let Err(e) = live {
                 tracing::warn!(room = %room_id, cause = %e, "bus subscribe failed");
             }
             s.rooms.push(room_id.clone());

@@ -5,7 +5,7 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 use crate::raw_ws;
-use crate::support::{WAIT, redis, spawn_redis_app, unique};
+use crate::support::{HoldProxy, WAIT, redis, redis_url, spawn_app_with, spawn_redis_app, unique};
 
 fn user_ids(users: &Value) -> Vec<String> {
     let mut ids: Vec<String> = users
@@ -426,4 +426,77 @@ async fn a_client_message_id_retried_on_another_instance_returns_the_original() 
     b.say(&room, "marker").await;
     assert_eq!(a.event("new_message").await["message"], "once");
     assert_eq!(a.event("new_message").await["message"], "marker");
+}
+
+/// Issue 15.4, the interleaving behind a message lost in a rolling restart: many clients
+/// resume on a restarted instance at once; the room's first local member starts the Redis
+/// SUBSCRIBE, and the others, not being first, read their history before that subscription
+/// is live. A message published in between reached none of them. Here a proxy holds instance
+/// A's SUBSCRIBE: the second joiner must not be answered while it is held (the old code
+/// answered at once), and after it is let through, a message sent on instance B reaches
+/// both joiners exactly once.
+#[tokio::test]
+async fn a_joiner_reads_history_only_once_its_rooms_subscription_is_live() {
+    redis().await;
+    let target: std::net::SocketAddr = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("TEST_REDIS_URL as redis://ip:port");
+    let proxy = HoldProxy::start(target, "SUBSCRIBE").await;
+    let app_a = spawn_app_with(&["--redis-url", &format!("redis://{}", proxy.addr)]).await;
+    let app_b = spawn_redis_app(&[]).await;
+    let room = unique("live");
+    let mut sender = app_b.member(&unique("sender"), &room).await;
+
+    proxy.hold();
+    let mut first = app_a.user(&unique("first")).await;
+    let first_join = first.emit_with_ack("join_room", json!({"roomId": room}));
+    proxy.wait_held(1).await;
+    let mut second = app_a.user(&unique("second")).await;
+    let mut second_join = second.emit_with_ack("join_room", json!({"roomId": room}));
+    // Absence can only be checked for a while: an answer within 1 s, with the subscription
+    // held, is the bug.
+    let early = tokio::time::timeout(std::time::Duration::from_secs(1), &mut second_join).await;
+    assert!(
+        early.is_err(),
+        "the second joiner was answered before its room's subscription was live: {early:?}"
+    );
+    let said = sender.say(&room, "in the window").await;
+    assert_eq!(said["success"], true, "{said}");
+    proxy.release();
+    assert_eq!(
+        tokio::time::timeout(WAIT, first_join)
+            .await
+            .unwrap()
+            .unwrap()["success"],
+        true
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, second_join)
+            .await
+            .unwrap()
+            .unwrap()["success"],
+        true
+    );
+    sender.say(&room, "after").await;
+    for c in [&mut first, &mut second] {
+        let history = c.event("message_history").await;
+        let in_history = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["message"] == "in the window")
+            .count();
+        assert_eq!(in_history, 1, "{history}");
+        // Published before A's subscription was live: in the history only, not also live
+        // (live events arrive in order, so it would be before "after").
+        c.event_where("new_message", |m| m["message"] == "after")
+            .await;
+        let live: Vec<Value> = c.received("new_message");
+        assert!(
+            live.iter().all(|m| m["message"] != "in the window"),
+            "delivered twice: {live:?}"
+        );
+    }
 }

@@ -10,6 +10,7 @@
 //! - `network`: latency, loss and partitions between instances, Redis and PostgreSQL.
 //! - `crash`: kill -9 under load, 20 times in a row, on the embedded store and on PostgreSQL.
 //! - `disk`: the embedded store on a filesystem that fills up.
+//! - `restart`: rolling restarts of one of two instances on Redis, 20 in a row, under chat.
 //!
 //! The network and disk scenarios need root (namespaces, TUN devices, mounts) and print
 //! `SKIPPED: ...` and pass without it; the crash scenarios need only the machine's PostgreSQL
@@ -30,3 +31,4 @@ mod traffic;
 mod crash;
 mod disk;
 mod network;
+mod restart;

@@ -73,6 +73,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// Whether the process has exited (reaped).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL, and wait until it is gone.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
