@@ -72,7 +72,10 @@ impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(cause) => {
-                tracing::warn!(%cause, "storage unavailable");
+                // Per request at debug: the stores' writers log the condition once when it
+                // starts and once when it clears (a full disk refuses every send), and
+                // `/ready` reports it.
+                tracing::debug!(%cause, "storage unavailable");
                 Self::Unavailable("Storage is unavailable, try again".into())
             }
             StoreError::UnknownCursor => {

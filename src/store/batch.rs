@@ -311,6 +311,11 @@ pub(crate) fn caller_error(e: &StoreError) -> StoreError {
     }
 }
 
+/// Whether a writer's last batch failed: the condition is logged when it starts and when it
+/// clears, not once per batch (a full disk fails every write until space comes back).
+#[derive(Default)]
+pub(crate) struct Failing(bool);
+
 /// Ends a batch of a transactional backend: after a commit, the outbox count and the relay's
 /// wake-up, then the answers; after a failure, the batch's error for every caller.
 pub(crate) fn conclude(
@@ -319,9 +324,13 @@ pub(crate) fn conclude(
     answers: Answers,
     outbox: &OutboxState,
     count: OutboxCount,
+    failing: &mut Failing,
 ) {
     match result {
         Ok(()) => {
+            if std::mem::take(&mut failing.0) {
+                tracing::info!("{store} store writes again");
+            }
             outbox.committed(count.pending, count.added);
             let refused = answers.outbox_full();
             if refused > 0 {
@@ -330,8 +339,30 @@ pub(crate) fn conclude(
             answers.send();
         }
         Err(e) => {
-            tracing::error!(error = %e, "{store} store batch failed");
+            failing.fail(store, &e);
             answers.fail(&e);
+        }
+    }
+}
+
+impl Failing {
+    /// Logs the failure when it is the first since the last success.
+    pub(crate) fn fail(&mut self, store: &str, e: &StoreError) {
+        if !std::mem::replace(&mut self.0, true) {
+            tracing::error!(error = %e, "{store} store batch failed; writes are refused until it recovers");
+        }
+    }
+}
+
+/// Answers every write of a batch that could not even start with `e`.
+pub(crate) fn refuse(ops: Vec<Write>, e: &StoreError) {
+    for op in ops {
+        match op {
+            Write::Append(_, tx) => drop(tx.send(Err(caller_error(e)))),
+            Write::CreateRoom(_, tx) => drop(tx.send(Err(caller_error(e)))),
+            Write::AddMember(_, _, tx) | Write::MarkSent(_, tx) => {
+                drop(tx.send(Err(caller_error(e))))
+            }
         }
     }
 }

@@ -88,9 +88,6 @@ fn problems(log: &Path, from: usize) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "embedded store bug (docs/RELIABILITY.md, Full disk): after a batch fails with SQLITE_FULL \
-            the writer stays inside an uncommitted transaction, so later sends are acked but never \
-            stored (lost even before a restart); the failure answers `internal` and is logged per message"]
 async fn a_full_disk_refuses_sends_as_unavailable_logs_once_and_heals_by_itself() {
     const TEST: &str = "a_full_disk_refuses_sends_as_unavailable_logs_once_and_heals_by_itself";
     if !is_root() {

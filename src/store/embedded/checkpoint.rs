@@ -5,7 +5,7 @@
 //! BENCHMARKS.md).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnection;
@@ -23,24 +23,29 @@ const WAL_FRAMES_LIMIT: i64 = 1024;
 /// stops (at close, or when every store handle is dropped).
 pub(super) struct Checkpoints {
     committed: Arc<Notify>,
-    /// Frames in the WAL, as the last checkpoint found them.
-    wal_frames: Arc<AtomicI64>,
+    wal: Arc<Wal>,
     task: JoinHandle<()>,
+}
+
+/// The WAL as the last checkpoint found it.
+#[derive(Default)]
+struct Wal {
+    /// Frames in the WAL.
+    frames: AtomicI64,
+    /// Whether the last checkpoint failed (logged when it starts and when it clears: a full
+    /// disk fails every one).
+    failing: AtomicBool,
 }
 
 impl Checkpoints {
     /// Starts the checkpointer task on `conn`.
     pub(super) fn start(conn: SqliteConnection) -> Self {
         let committed = Arc::new(Notify::new());
-        let wal_frames = Arc::new(AtomicI64::new(0));
-        let task = tokio::spawn(run_checkpointer(
-            conn,
-            committed.clone(),
-            wal_frames.clone(),
-        ));
+        let wal = Arc::new(Wal::default());
+        let task = tokio::spawn(run_checkpointer(conn, committed.clone(), wal.clone()));
         Self {
             committed,
-            wal_frames,
+            wal,
             task,
         }
     }
@@ -52,8 +57,8 @@ impl Checkpoints {
         // copied all of it; under steady writes the checkpointer is always a few commits
         // behind, so the WAL would grow without end. Past the limit the writer copies the rest
         // itself (little: the checkpointer did most of it).
-        if self.wal_frames.load(Ordering::Relaxed) > WAL_FRAMES_LIMIT {
-            checkpoint(conn, &self.wal_frames).await;
+        if self.wal.frames.load(Ordering::Relaxed) > WAL_FRAMES_LIMIT {
+            checkpoint(conn, &self.wal).await;
         }
     }
 
@@ -74,27 +79,30 @@ impl Drop for Checkpoints {
 /// readers) after a commit, at most once per `CHECKPOINT_INTERVAL`: each checkpoint costs an
 /// fsync of the database file, and at low rates (many small commits) one per commit would
 /// double the fsyncs. Commits during a checkpoint or the pause wake it once more.
-async fn run_checkpointer(
-    mut conn: SqliteConnection,
-    committed: Arc<Notify>,
-    frames: Arc<AtomicI64>,
-) {
+async fn run_checkpointer(mut conn: SqliteConnection, committed: Arc<Notify>, wal: Arc<Wal>) {
     loop {
         committed.notified().await;
-        checkpoint(&mut conn, &frames).await;
+        checkpoint(&mut conn, &wal).await;
         tokio::time::sleep(CHECKPOINT_INTERVAL).await;
     }
 }
 
 /// One `PASSIVE` checkpoint; records the WAL's length in frames.
-async fn checkpoint(conn: &mut SqliteConnection, frames: &AtomicI64) {
+async fn checkpoint(conn: &mut SqliteConnection, wal: &Wal) {
     match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
         .fetch_one(conn)
         .await
     {
-        Ok((_, log, _)) => frames.store(log, Ordering::Relaxed),
+        Ok((_, log, _)) => {
+            wal.frames.store(log, Ordering::Relaxed);
+            if wal.failing.swap(false, Ordering::Relaxed) {
+                tracing::info!("embedded store checkpoints again");
+            }
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "embedded store checkpoint failed (retried after the next commit)")
+            if !wal.failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "embedded store checkpoint failed (retried after the next commits)");
+            }
         }
     }
 }

@@ -60,8 +60,22 @@ pub struct EmbeddedStore {
     outbox: Arc<OutboxState>,
 }
 
+/// SQLite's errors: a full disk, an I/O error, a file that cannot be opened or written are
+/// the storage being unavailable (the client may retry, and the condition heals once space
+/// or the device comes back); anything else is internal.
 fn internal(e: sqlx::Error) -> StoreError {
-    StoreError::Internal(e.to_string())
+    // Primary result codes (the low byte of an extended code): SQLITE_READONLY 8,
+    // SQLITE_IOERR 10, SQLITE_FULL 13, SQLITE_CANTOPEN 14.
+    let unavailable = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i64>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 8 | 10 | 13 | 14));
+    if unavailable {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(e.to_string())
+    }
 }
 
 fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, StoreError> {
@@ -94,15 +108,14 @@ impl EmbeddedStore {
         // pages into the database file, and run by the writer it stalls every commit behind
         // it. The checkpointer task does it on its own connection (its own thread), beside
         // the writer.
-        let mut writer = SqliteConnection::connect_with(
-            &options
-                .clone()
-                .pragma("cache_size", WRITER_CACHE)
-                .pragma("wal_autocheckpoint", "0")
-                .pragma("journal_size_limit", WAL_SIZE_LIMIT),
-        )
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", file.display())))?;
+        let writer_options = options
+            .clone()
+            .pragma("cache_size", WRITER_CACHE)
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
+        let mut writer = SqliteConnection::connect_with(&writer_options)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", file.display())))?;
         schema::create(&mut writer).await?;
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
@@ -116,6 +129,7 @@ impl EmbeddedStore {
             .map_err(internal)?;
         let writes = Writes::start(writes::Writer::new(
             writer,
+            writer_options,
             outbox.clone(),
             checkpoint::Checkpoints::start(checkpointer),
         ));

@@ -8,35 +8,44 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::Connection;
-use sqlx::sqlite::SqliteConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 use super::checkpoint::Checkpoints;
 use super::{internal, outbox, reads, to_json};
 use crate::domain::{Message, NewRoom, Room, RoomId, UserId, now_ms};
 use crate::store::batch::{
-    Answers, AppendRun, ApplyBatch, OutboxCount, OutboxState, Reply, Transaction, Write,
-    apply_in_order, conclude, newest_per_room,
+    Answers, AppendRun, ApplyBatch, Failing, OutboxCount, OutboxState, Reply, Transaction, Write,
+    apply_in_order, conclude, newest_per_room, refuse,
 };
 use crate::store::rows::{by_key, message_columns};
 use crate::store::{Appended, Key, StoreError, key_of};
 
 /// What the writer owns: the only connection that writes.
 pub(super) struct Writer {
-    conn: SqliteConnection,
+    /// `None` after a failed batch: the connection is closed (SQLite rolls back whatever the
+    /// failed transaction left open) and the next batch opens a fresh one. A connection that
+    /// outlived a failed `COMMIT` (a full disk) kept sqlx's transaction depth at 1, so every
+    /// later batch ran as a savepoint of a transaction that never committed: acked, not stored.
+    conn: Option<SqliteConnection>,
+    options: SqliteConnectOptions,
     outbox: Arc<OutboxState>,
     checkpoints: Checkpoints,
+    failing: Failing,
 }
 
 impl Writer {
     pub(super) fn new(
         conn: SqliteConnection,
+        options: SqliteConnectOptions,
         outbox: Arc<OutboxState>,
         checkpoints: Checkpoints,
     ) -> Self {
         Self {
-            conn,
+            conn: Some(conn),
+            options,
             outbox,
             checkpoints,
+            failing: Failing::default(),
         }
     }
 }
@@ -47,22 +56,50 @@ impl ApplyBatch for Writer {
     const MAX_BATCH: usize = 4096;
 
     async fn apply(&mut self, ops: Vec<Write>) {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => match SqliteConnection::connect_with(&self.options).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let e = internal(e);
+                    self.failing.fail(Self::STORE, &e);
+                    refuse(ops, &e);
+                    return;
+                }
+            },
+        };
+        let mut conn = conn;
         let mut answers = Answers::with_capacity(ops.len());
         let mut count = self.outbox.count();
         let result = async {
-            let mut tx = self.conn.begin().await.map_err(internal)?;
+            let mut tx = conn.begin().await.map_err(internal)?;
             apply_in_order(&mut *tx, ops, &mut count, &mut answers).await?;
             tx.commit().await.map_err(internal)
         }
         .await;
-        conclude(Self::STORE, result, answers, &self.outbox, count);
-        self.checkpoints.committed(&mut self.conn).await;
+        let ok = result.is_ok();
+        conclude(
+            Self::STORE,
+            result,
+            answers,
+            &self.outbox,
+            count,
+            &mut self.failing,
+        );
+        if ok {
+            self.checkpoints.committed(&mut conn).await;
+            self.conn = Some(conn);
+        } else {
+            let _ = conn.close().await;
+        }
     }
 
     async fn finish(mut self) {
         // Closing the last connection checkpoints the whole WAL and removes it.
         self.checkpoints.stop().await;
-        let _ = self.conn.close().await;
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
     }
 }
 

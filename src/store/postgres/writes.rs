@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnection, PgPool};
 use super::{db_error, outbox, reads};
 use crate::domain::{Message, NewRoom, Room, RoomId, UserId, now_ms};
 use crate::store::batch::{
-    Answers, AppendRun, ApplyBatch, OutboxCount, OutboxState, Reply, Transaction, Write,
+    Answers, AppendRun, ApplyBatch, Failing, OutboxCount, OutboxState, Reply, Transaction, Write,
     apply_in_order, conclude, newest_per_room,
 };
 use crate::store::rows::{by_key, message_columns, message_from_row};
@@ -30,6 +30,7 @@ pub(super) struct Writer {
     outbox: Arc<OutboxState>,
     /// When the outbox was last counted.
     counted: Instant,
+    failing: Failing,
 }
 
 impl Writer {
@@ -38,6 +39,7 @@ impl Writer {
             pool,
             outbox,
             counted: Instant::now(),
+            failing: Failing::default(),
         }
     }
 }
@@ -68,7 +70,14 @@ impl ApplyBatch for Writer {
                 "postgres: no commit within {BATCH_TIMEOUT:?}"
             )))
         });
-        conclude(Self::STORE, result, answers, &self.outbox, count);
+        conclude(
+            Self::STORE,
+            result,
+            answers,
+            &self.outbox,
+            count,
+            &mut self.failing,
+        );
     }
 }
 
