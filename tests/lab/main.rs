@@ -17,7 +17,7 @@
 //! and RabbitMQ, like the `api` tests, and fail loudly without them.
 
 #[allow(dead_code)]
-#[path = "../api/support.rs"]
+#[path = "../api/support/mod.rs"]
 mod support;
 
 #[allow(dead_code)]
