@@ -3,7 +3,7 @@
 # a real Redis and the notification ones on a real RabbitMQ, started when not running), the official socket.io-client end-to-end suite
 # (polling, websocket and upgrade, wscat, two instances behind a real nginx) once against one
 # instance, once across two instances, and once each on the PostgreSQL and MongoDB stores,
-# the checks of the deployment examples (systemd unit, Kubernetes manifests), a schema-driven
+# a 3-minute churn soak (scripts/soak.sh), the checks of the deployment examples (systemd unit, Kubernetes manifests), a schema-driven
 # fuzzer (schemathesis) of the REST API against its OpenAPI document,
 # the python-socketio client test, and
 # the real-browser test of the page.
@@ -36,6 +36,9 @@ cargo test --locked
 step "build the binary for the end-to-end suites"
 cargo build --locked
 export CHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-service"
+
+step "churn soak, 3 minutes: two instances on Redis, 1000 clients in waves of disconnects resuming with since"
+scripts/soak.sh 180 1000
 
 step "deployment examples: systemd unit and Kubernetes manifests against the binary"
 .venv/bin/python scripts/check_deploy.py -v

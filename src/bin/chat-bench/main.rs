@@ -29,6 +29,7 @@
 //! | `worker.rs` | scenario: one process's connections and the send scheduler of a phase |
 //! | `child.rs` | scenario: `--workers` child processes and their line protocol, both sides |
 //! | `bench.rs` | scenario: the parent: connect every worker, run a phase on all, sample the server, merge |
+//! | `churn.rs` | scenario: `--churn`, clients disconnected in waves that resume with `since` (delivery, duplicates, rejoin and replay latency, RSS slope) |
 //! | `ramp.rs` | scenario: one fixed-rate phase, or the ramp and its rule (a step fails when it fails twice in a row) |
 //! | `stats.rs` | measurement: counters, latency histograms, merging results of several processes |
 //! | `procfs.rs` | measurement: the server's CPU (user, kernel) and RSS from `/proc`, the load average |
@@ -36,6 +37,7 @@
 
 mod bench;
 mod child;
+mod churn;
 mod conn;
 mod procfs;
 mod protocol;
@@ -135,11 +137,35 @@ struct Args {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Churn mode (issue 19.4; see `churn.rs`): rooms get `--churn-room-rate` messages a second
+    /// each while waves disconnect clients, which resume with `since`; `--rate`, `--warmup`,
+    /// `--ramp`, `--workers` and `--protocol` do not apply.
+    #[arg(long)]
+    churn: bool,
+    /// Churn: messages per second in each room.
+    #[arg(long, default_value_t = 1.0)]
+    churn_room_rate: f64,
+    /// Churn: seconds between two waves of disconnections.
+    #[arg(long, default_value_t = 10.0)]
+    churn_every: f64,
+    /// Churn: share of the connected clients each wave disconnects (for 1-5 s).
+    #[arg(long, default_value_t = 0.1)]
+    churn_fraction: f64,
+    /// Churn: seconds between two samples of the servers' RSS and CPU.
+    #[arg(long, default_value_t = 5.0)]
+    churn_sample: f64,
 }
 
 /// The parent: connect, run the phase or the ramp, close, report. Exit code 0 when it passed,
 /// 1 when not, 2 when the run could not be done.
 async fn parent_main(args: Args) -> i32 {
+    if args.churn {
+        let (summary, passed) = churn::run(&args).await;
+        if !report::write(&args, &summary) {
+            return 2;
+        }
+        return if passed { 0 } else { 1 };
+    }
     let mut bench = match Bench::connect(args.clone()).await {
         Ok(b) => b,
         Err(e) => {

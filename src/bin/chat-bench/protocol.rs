@@ -29,7 +29,7 @@ pub enum Protocol {
 
 pub type Ws = WebSocketStream<TcpStream>;
 
-fn ws_config() -> WebSocketConfig {
+pub(crate) fn ws_config() -> WebSocketConfig {
     // Small buffers: thousands of connections live in this process.
     WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
@@ -85,7 +85,10 @@ pub fn is_error_event(proto: Protocol, text: &str) -> bool {
     }
 }
 
-async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+pub(crate) async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<TcpStream, String> {
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     if let Some(ip) = source {
         sock.bind(SocketAddr::new(ip, 0))

@@ -46,7 +46,7 @@ fn parse_source_ips(s: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 /// `host:port` of the URL.
-fn host_port(url: &str) -> String {
+pub(crate) fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host = rest.split('/').next().unwrap_or(rest);
     if host.contains(':') {

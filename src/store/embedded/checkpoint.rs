@@ -100,8 +100,11 @@ async fn checkpoint(conn: &mut SqliteConnection, wal: &Wal) {
             }
         }
         Err(e) => {
+            // At info: the committed data is safe in the WAL, which only grows until a
+            // checkpoint succeeds; what refuses writes (a full disk) is the writer's error,
+            // logged once by the writer.
             if !wal.failing.swap(true, Ordering::Relaxed) {
-                tracing::warn!(error = %e, "embedded store checkpoint failed (retried after the next commits)");
+                tracing::info!(error = %e, "embedded store checkpoint failed (retried after the next commits)");
             }
         }
     }
