@@ -162,6 +162,14 @@ pub trait Carrier: Send + 'static {
     fn accepted(&mut self) -> Option<Input> {
         None
     }
+    /// The heartbeat now waits for the client's answer until `due` (`None`: answered). A
+    /// carrier whose requests arrive beside the task (polling) refuses them once it is due,
+    /// even before the task's timer has run.
+    fn awaiting_pong(&mut self, _due: Option<Instant>) {}
+    /// The session's loop has ended (before its last events run and the carrier closes): a
+    /// carrier that other requests reach (polling) stops admitting them when the client
+    /// ended the session.
+    fn ending(&mut self, _end: End) {}
     /// Closes the carrier once the session has ended and its outbox is sealed (`slow`: the
     /// client was cut off as a slow consumer; nothing more is written to it).
     fn close<C: Codec>(
@@ -173,7 +181,23 @@ pub trait Carrier: Send + 'static {
 }
 
 /// The session's task. Its future stays small: an idle connection is mostly this task.
-pub async fn run<C: Codec, K: Carrier>(
+///
+/// The heartbeat and connect timers start when `run` is called (before the open packet goes
+/// out), not when the task is first polled: a client that stops answering is gone at
+/// `ping_interval + ping_timeout` after the open packet it received, never later.
+pub fn run<C: Codec, K: Carrier>(
+    chat: Arc<ChatService>,
+    cfg: Arc<SessionConfig>,
+    sink: Arc<SessionSink>,
+    codec: C,
+    carrier: K,
+) -> impl Future<Output = ()> + Send {
+    let started = Instant::now();
+    run_from(started, chat, cfg, sink, codec, carrier)
+}
+
+async fn run_from<C: Codec, K: Carrier>(
+    started: Instant,
     chat: Arc<ChatService>,
     cfg: Arc<SessionConfig>,
     sink: Arc<SessionSink>,
@@ -181,8 +205,8 @@ pub async fn run<C: Codec, K: Carrier>(
     mut carrier: K,
 ) {
     let mut conn = Conn::<C>::new(chat, sink);
-    let connect_deadline = Instant::now() + cfg.connect_timeout;
-    let heartbeat = tokio::time::sleep(cfg.ping_interval);
+    let connect_deadline = started + cfg.connect_timeout;
+    let heartbeat = tokio::time::sleep_until(started + cfg.ping_interval);
     tokio::pin!(heartbeat);
     let mut awaiting_pong = false;
     let end = loop {
@@ -212,7 +236,9 @@ pub async fn run<C: Codec, K: Carrier>(
                 if awaiting_pong && conn.saturated() {
                     // Not reading (backpressure): the answer may wait behind the client's
                     // events, and a client that floods us is alive.
-                    heartbeat.as_mut().reset(Instant::now() + cfg.ping_timeout);
+                    let due = Instant::now() + cfg.ping_timeout;
+                    heartbeat.as_mut().reset(due);
+                    carrier.awaiting_pong(Some(due));
                     continue;
                 }
                 if awaiting_pong {
@@ -221,7 +247,10 @@ pub async fn run<C: Codec, K: Carrier>(
                 }
                 conn.queue(C::ping());
                 awaiting_pong = true;
-                heartbeat.as_mut().reset(Instant::now() + cfg.ping_timeout);
+                // From when the ping was due, so late timers do not add up.
+                let due = heartbeat.deadline() + cfg.ping_timeout;
+                heartbeat.as_mut().reset(due);
+                carrier.awaiting_pong(Some(due));
                 continue;
             }
             () = sleep_until_deadline(deadline) => {
@@ -240,11 +269,13 @@ pub async fn run<C: Codec, K: Carrier>(
                 if awaiting_pong {
                     awaiting_pong = false;
                     heartbeat.as_mut().reset(Instant::now() + cfg.ping_interval);
+                    carrier.awaiting_pong(None);
                 }
             }
             Step::Close => break End::Client,
         }
     };
+    carrier.ending(end);
     Box::pin(close(codec, conn, carrier, end)).await;
 }
 

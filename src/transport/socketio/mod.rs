@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ use crate::chat::ChatService;
 use crate::transport::session::{self, Out, SessionConfig, SessionSink};
 use crate::transport::websocket::{WsCarrier, limited_upgrade};
 use codec::SioCodec;
+use polling::Entry;
 
 mod codec;
 mod polling;
@@ -93,7 +94,7 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
     if q.eio != Some("4") {
         return engine_error(5, "Unsupported protocol version");
     }
-    let session = |sid: &str| state.sessions.lock().get(sid).cloned();
+    let entry = |sid: &str| state.sessions.lock().get(sid).cloned();
     match q.transport {
         Some("websocket") => {
             let (mut parts, _body) = req.into_parts();
@@ -106,8 +107,10 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
             };
             match q.sid {
                 None => accept_websocket(state, ws),
-                Some(sid) => match session(sid) {
-                    Some(s) => polling::upgrade(&state, s, ws),
+                Some(sid) => match entry(sid) {
+                    Some(Entry::Polling(s)) => polling::upgrade(&state, sid, s, ws),
+                    // Already on its WebSocket: this one is accepted and closed.
+                    Some(Entry::Upgraded) => accept_and_close(ws),
                     None => engine_error(1, "Session ID unknown"),
                 },
             }
@@ -119,8 +122,10 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
                     _ => engine_error(2, "Bad handshake method"),
                 };
             };
-            let Some(s) = session(sid) else {
-                return engine_error(1, "Session ID unknown");
+            let s = match entry(sid) {
+                Some(Entry::Polling(s)) => s,
+                Some(Entry::Upgraded) => return engine_error(3, "Bad request"),
+                None => return engine_error(1, "Session ID unknown"),
             };
             match *req.method() {
                 Method::GET => polling::poll(s).await,
@@ -136,6 +141,14 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
         }
         _ => engine_error(0, "Transport unknown"),
     }
+}
+
+/// A WebSocket that has no session to join (its `sid` is already upgraded or upgrading): the
+/// handshake completes and the server closes it at once, as engine.io does.
+fn accept_and_close(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(|mut socket| async move {
+        let _ = socket.send(Message::Close(None)).await;
+    })
 }
 
 /// A session opened directly on a WebSocket: the open packet is its first frame.
