@@ -36,6 +36,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -90,10 +91,11 @@ pub trait Codec: Sized + Send + 'static {
         self.on_text(payload, conn)
     }
     /// One binary frame of a WebSocket.
-    fn on_binary(&mut self, conn: &mut Conn<Self>) -> Step;
+    fn on_binary(&mut self, data: Bytes, conn: &mut Conn<Self>) -> Step;
     /// A WebSocket ping or pong control frame.
     fn on_control(&mut self) -> Step;
-    /// Whether the client completed the protocol's connect (else `connect_timeout` runs).
+    /// Whether the client completed the protocol's connect (else `connect_timeout` runs,
+    /// again from when it stops being ready: Socket.IO's namespace DISCONNECT).
     fn ready(&self) -> bool {
         true
     }
@@ -115,7 +117,7 @@ pub enum Input {
     Text(Utf8Bytes),
     /// One long-polling payload.
     Payload(String),
-    Binary,
+    Binary(Bytes),
     /// A WebSocket ping or pong.
     Control,
     /// The carrier changed (a polling session upgraded): write the outbox now.
@@ -205,12 +207,18 @@ async fn run_from<C: Codec, K: Carrier>(
     mut carrier: K,
 ) {
     let mut conn = Conn::<C>::new(chat, sink);
-    let connect_deadline = started + cfg.connect_timeout;
+    let mut connect_deadline = started + cfg.connect_timeout;
+    let mut was_ready = false;
     let heartbeat = tokio::time::sleep_until(started + cfg.ping_interval);
     tokio::pin!(heartbeat);
     let mut awaiting_pong = false;
     let end = loop {
-        let deadline = if !codec.ready() {
+        let ready = codec.ready();
+        if was_ready && !ready {
+            connect_deadline = Instant::now() + cfg.connect_timeout;
+        }
+        was_ready = ready;
+        let deadline = if !ready {
             Some(connect_deadline.into_std())
         } else {
             conn.deadline()
@@ -283,7 +291,7 @@ fn on_input<C: Codec>(codec: &mut C, conn: &mut Conn<C>, input: Input) -> Step {
     let step = match input {
         Input::Text(text) => codec.on_text(&text, conn),
         Input::Payload(payload) => codec.on_payload(&payload, conn),
-        Input::Binary => codec.on_binary(conn),
+        Input::Binary(data) => codec.on_binary(data, conn),
         Input::Control => codec.on_control(),
         Input::Upgraded => {
             // What waits in the outbox goes out on the new carrier now.

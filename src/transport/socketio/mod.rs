@@ -21,36 +21,52 @@ use serde_json::Value;
 
 use crate::auth::Credentials;
 use crate::chat::ChatService;
-use crate::transport::session::{self, Out, SessionConfig, SessionSink};
+use crate::transport::session::{self, Codec, Out, SessionConfig, SessionSink};
 use crate::transport::websocket::{WsCarrier, limited_upgrade};
+pub use codec::Mode;
 use codec::SioCodec;
 use polling::Entry;
 
 mod codec;
 mod polling;
+pub mod protocol_test;
 
 pub struct SocketIoConfig {
     /// The session engine's settings (`connect_timeout` bounds the namespace CONNECT).
     pub session: Arc<SessionConfig>,
 }
 
+/// The routes of one Engine.IO endpoint; `codec` is the protocol of its sessions (cloned for
+/// each one).
 #[derive(Clone)]
-pub struct SocketIoState {
+pub struct SocketIoState<C> {
     chat: Arc<ChatService>,
     cfg: Arc<SocketIoConfig>,
     sessions: polling::Sessions,
+    codec: C,
 }
 
-/// The `/socket.io/` routes.
+/// The `/socket.io/` routes of the chat.
 pub fn router(chat: Arc<ChatService>, cfg: SocketIoConfig) -> Router {
+    engine_router("/socket.io", chat, Arc::new(cfg), SioCodec::default())
+}
+
+/// An Engine.IO endpoint at `path` whose sessions speak `codec`.
+fn engine_router<C: Codec + Clone + Sync>(
+    path: &str,
+    chat: Arc<ChatService>,
+    cfg: Arc<SocketIoConfig>,
+    codec: C,
+) -> Router {
     let state = SocketIoState {
         chat,
-        cfg: Arc::new(cfg),
+        cfg,
         sessions: Default::default(),
+        codec,
     };
     Router::new()
-        .route("/socket.io/", any(serve))
-        .route("/socket.io", any(serve))
+        .route(&format!("{path}/"), any(serve::<C>))
+        .route(path, any(serve::<C>))
         .with_state(state)
 }
 
@@ -88,7 +104,10 @@ fn engine_error(code: u8, message: &str) -> Response {
         .into_response()
 }
 
-async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
+async fn serve<C: Codec + Clone + Sync>(
+    State(state): State<SocketIoState<C>>,
+    req: Request,
+) -> Response {
     let uri = req.uri().clone();
     let q = EngineQuery::parse(uri.query());
     if q.eio != Some("4") {
@@ -128,7 +147,7 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
                 None => return engine_error(1, "Session ID unknown"),
             };
             match *req.method() {
-                Method::GET => polling::poll(s).await,
+                Method::GET => polling::poll::<C>(s).await,
                 Method::POST => {
                     // The body limit (`DefaultBodyLimit`, MAX_PAYLOAD_BYTES) answers 413.
                     let body = Bytes::from_request(req, &())
@@ -152,7 +171,10 @@ fn accept_and_close(ws: WebSocketUpgrade) -> Response {
 }
 
 /// A session opened directly on a WebSocket: the open packet is its first frame.
-fn accept_websocket(state: SocketIoState, ws: WebSocketUpgrade) -> Response {
+fn accept_websocket<C: Codec + Clone + Sync>(
+    state: SocketIoState<C>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let cfg = state.cfg.session.clone();
     limited_upgrade(ws, cfg.max_payload_bytes).on_upgrade(move |socket| {
         let sink = SessionSink::new(cfg.max_queued_frames);
@@ -166,7 +188,7 @@ fn accept_websocket(state: SocketIoState, ws: WebSocketUpgrade) -> Response {
             state.chat,
             cfg,
             sink,
-            SioCodec::default(),
+            state.codec,
             WsCarrier(socket),
         ))
     })

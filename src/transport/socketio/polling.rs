@@ -40,7 +40,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::codec::{self, SioCodec};
+use super::codec;
 use super::{SocketIoState, engine_error};
 use crate::transport::session::{self, Carrier, Codec, End, Input, Out, SessionSink, Written};
 use crate::transport::websocket::{close_websocket, limited_upgrade, next_input, write_frames};
@@ -262,7 +262,7 @@ fn bad_request() -> Response {
 }
 
 /// The handshake GET: starts the session's task and returns the open packet.
-pub fn handshake(state: &SocketIoState) -> Response {
+pub fn handshake<C: Codec + Clone>(state: &SocketIoState<C>) -> Response {
     let sid = codec::random_id();
     let sink = SessionSink::new(state.cfg.session.max_queued_frames);
     let (tx, rx) = mpsc::channel(INCOMING_PAYLOADS);
@@ -294,7 +294,7 @@ pub fn handshake(state: &SocketIoState) -> Response {
         state.chat.clone(),
         state.cfg.session.clone(),
         sink,
-        SioCodec::default(),
+        state.codec.clone(),
         carrier,
     );
     tokio::spawn(state.cfg.session.workers.track_future(session));
@@ -302,7 +302,7 @@ pub fn handshake(state: &SocketIoState) -> Response {
 }
 
 /// A GET: everything queued, as one payload, once there is something.
-pub async fn poll(session: Arc<PollSession>) -> Response {
+pub async fn poll<C: Codec>(session: Arc<PollSession>) -> Response {
     let Some(_busy) = session.admit(&session.getting, "GET") else {
         return bad_request();
     };
@@ -338,7 +338,7 @@ pub async fn poll(session: Arc<PollSession>) -> Response {
             if !payload.is_empty() {
                 payload.push('\x1e');
             }
-            payload.push_str(&codec::packet_text(out));
+            payload.push_str(&codec::packet_text::<C>(out));
             if disconnect {
                 // The session is closed by the server: nothing after `41`.
                 break;
@@ -427,8 +427,8 @@ pub async fn post(session: Arc<PollSession>, body: Result<Bytes, Response>) -> R
 
 /// A WebSocket with a polling session's `sid`: the upgrade. One for a session that is already
 /// upgrading or upgraded is accepted and closed at once, as engine.io does.
-pub fn upgrade(
-    state: &SocketIoState,
+pub fn upgrade<C>(
+    state: &SocketIoState<C>,
     sid: &str,
     session: Arc<PollSession>,
     ws: WebSocketUpgrade,
