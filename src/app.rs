@@ -64,7 +64,36 @@ impl Drop for Background {
     }
 }
 
+/// How long a Socket.IO client may take to connect to a namespace (socket.io's default).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+
 impl App {
+    /// The protocol-test server (`transport::socketio::protocol_test`; README, "Protocol
+    /// conformance"): built from `cfg` like the service (listener, session settings, graceful
+    /// shutdown), but serving only the echo endpoints `/socket.io/` and `/engine.io/` that the
+    /// official socket.io-protocol and engine.io-protocol test suites talk to.
+    pub async fn build_protocol_test(mut cfg: Config) -> anyhow::Result<Self> {
+        // No echo session ever authenticates: the chat's authentication timeout must not
+        // close it.
+        cfg.chat.auth_timeout = Duration::from_secs(86_400);
+        let (max_payload, max_queued) = (cfg.max_payload_bytes as usize, cfg.max_outbound_queue);
+        let (ping_interval, ping_timeout) = (cfg.ping_interval, cfg.ping_timeout);
+        let mut app = Self::build(cfg).await?;
+        let session = Arc::new(SessionConfig {
+            max_payload_bytes: max_payload,
+            max_queued_frames: max_queued,
+            ping_interval,
+            ping_timeout,
+            connect_timeout: CONNECT_TIMEOUT,
+            workers: app.workers.clone(),
+            shutdown: app.stop_workers.clone(),
+        });
+        app.router =
+            socketio::protocol_test::router(app.chat.clone(), socketio::SocketIoConfig { session })
+                .layer(DefaultBodyLimit::max(max_payload));
+        Ok(app)
+    }
+
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         // With RabbitMQ, every stored message also writes its event to the store's outbox.
         let outbox = cfg.rabbitmq.as_ref().map(|_| OutboxConfig {
@@ -205,7 +234,7 @@ impl App {
             max_queued_frames: cfg.max_outbound_queue,
             ping_interval: cfg.ping_interval,
             ping_timeout: cfg.ping_timeout,
-            connect_timeout: Duration::from_secs(45),
+            connect_timeout: CONNECT_TIMEOUT,
             workers: workers.clone(),
             shutdown: stop_workers.clone(),
         });

@@ -62,6 +62,11 @@ impl Session {
         self.conn
     }
 
+    /// The id the client sees (Socket.IO's `socket.id`).
+    pub fn socket_id(&self) -> &Arc<str> {
+        &self.socket_id
+    }
+
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
     }

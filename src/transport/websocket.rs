@@ -35,6 +35,7 @@ fn message<C: Codec>(out: Out) -> Option<Message> {
     Some(match out {
         Out::Event(ev) => Message::Text(C::event_frame(&ev)),
         Out::Frame(frame) => Message::Text(frame),
+        Out::Binary(data) => Message::Binary(data),
         Out::Ping => Message::Ping(Default::default()),
         Out::Disconnect => Message::Text(C::disconnect_frame()?),
     })
@@ -76,7 +77,7 @@ pub async fn write_frames<C: Codec>(
 pub async fn next_input(ws: &mut WebSocket) -> Input {
     match ws.next().await {
         Some(Ok(Message::Text(text))) => Input::Text(text),
-        Some(Ok(Message::Binary(_))) => Input::Binary,
+        Some(Ok(Message::Binary(data))) => Input::Binary(data),
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Input::Control,
         Some(Ok(Message::Close(_))) | None => Input::Closed,
         Some(Err(e)) => {

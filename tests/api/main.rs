@@ -16,6 +16,7 @@ mod notifications;
 mod openapi;
 mod persistence;
 mod postgres;
+mod protocol_test;
 mod raw_ws;
 mod redis_outage;
 mod rest;

@@ -67,6 +67,15 @@ impl Polling {
         (status, packets)
     }
 
+    /// One GET: its status and body as sent.
+    async fn raw_get(&self) -> (u16, String) {
+        let res = tokio::time::timeout(WAIT, self.http.get(&self.url).send())
+            .await
+            .expect("a poll answered in time")
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
     /// Polls until a packet starts with `prefix`; returns every packet up to it.
     async fn until(&self, prefix: &str) -> Vec<String> {
         let mut seen = Vec::new();
@@ -381,4 +390,98 @@ async fn a_burst_of_1005_emits_over_polling_is_acked_stored_and_delivered_in_ord
     }
     assert_eq!(delivered(&mut watcher, BURST).await, texts);
     assert_stored(&app, &room, &texts).await;
+}
+
+/// Issue 15.5, heartbeat (the engine.io-protocol suite's settings): a session whose client
+/// does not answer the ping is gone `pingInterval + pingTimeout` after the open packet; one
+/// that answers lives on.
+#[tokio::test]
+async fn a_polling_session_that_stops_answering_is_gone_at_ping_interval_plus_timeout() {
+    let app = spawn_app_with(&["--ping-interval-ms", "300", "--ping-timeout-ms", "200"]).await;
+    let (silent, open) = Polling::open(&app).await;
+    let opened = tokio::time::Instant::now();
+    assert_eq!(
+        (open["pingInterval"].clone(), open["pingTimeout"].clone()),
+        (json!(300), json!(200))
+    );
+    // The wait is the behaviour under test: exactly pingInterval + pingTimeout after the open
+    // packet arrived (the official suite's `sleep(PING_INTERVAL + PING_TIMEOUT)`).
+    tokio::time::sleep_until(opened + Duration::from_millis(500)).await;
+    assert_eq!(silent.get().await.0, 400, "the silent session is gone");
+    assert_eq!(silent.post(&["3"]).await.0, 400);
+
+    let (answering, _) = Polling::open(&app).await;
+    for _ in 0..3 {
+        assert_eq!(answering.raw_get().await, (200, "2".to_string()));
+        assert_eq!(answering.post(&["3"]).await, (200, "ok".to_string()));
+    }
+    // The answering one is alive: it is pinged again and answers.
+    assert_eq!(answering.raw_get().await, (200, "2".to_string()));
+    assert_eq!(answering.post(&["3"]).await, (200, "ok".to_string()));
+}
+
+/// Issue 15.5, close: the client's close packet `1`, POSTed while a GET is pending, ends that
+/// GET with a noop `6` (not the close packet); later polls get 400; the user leaves its rooms.
+#[tokio::test]
+async fn a_close_packet_ends_the_pending_poll_with_a_noop_and_later_polls_get_400() {
+    let app = spawn_app().await;
+    let mut watcher = app.member("close-watcher", "close-room").await;
+    let (polling, _) = Polling::open(&app).await;
+    polling.member("close-user", "close-room").await;
+    watcher
+        .event_where("user_joined", |e| e["userId"] == "close-user")
+        .await;
+    let pending = tokio::spawn({
+        let (http, url) = (polling.http.clone(), polling.url.clone());
+        async move {
+            let res = http.get(url).send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    });
+    // Nothing is queued, so the GET waits on the server; no frame says when it got there, so
+    // this is the one place the test gives it time.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(polling.post(&["1"]).await, (200, "ok".to_string()));
+    let answered = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(answered, (200, "6".to_string()));
+    assert_eq!(polling.get().await.0, 400);
+    assert_eq!(polling.post(&["3"]).await.0, 400);
+    watcher
+        .event_where("user_left", |e| e["userId"] == "close-user")
+        .await;
+}
+
+/// Issue 15.5, upgrade: a second WebSocket for an upgraded `sid` is accepted and closed; the
+/// first one carries the session, without the noop that ended the polls; polling is refused.
+#[tokio::test]
+async fn a_second_websocket_for_an_upgraded_sid_is_accepted_then_closed() {
+    let app = spawn_app().await;
+    let (polling, _) = Polling::open(&app).await;
+    let ws_url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        app.addr, polling.sid
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(ws_text(&mut ws).await, "3probe");
+    ws.send(Message::text("5")).await.unwrap();
+
+    let (mut second, res) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("the second WebSocket is accepted");
+    assert_eq!(res.status().as_u16(), 101);
+    match tokio::time::timeout(WAIT, second.next())
+        .await
+        .expect("closed in time")
+    {
+        Some(Ok(Message::Close(_))) | None => {}
+        other => panic!("the second WebSocket got {other:?}"),
+    }
+
+    // The first frame after the probe on the upgraded WebSocket is the CONNECT answer.
+    ws.send(Message::text("40")).await.unwrap();
+    let first = ws_text(&mut ws).await;
+    assert!(first.starts_with("40{\"sid\":"), "{first}");
+    assert_eq!(polling.get().await.0, 400);
+    assert_eq!(polling.post(&["3"]).await.0, 400);
 }

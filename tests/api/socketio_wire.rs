@@ -1,5 +1,5 @@
 //! The Engine.IO v4 / Socket.IO v5 wire of a session opened directly on a WebSocket (served by
-//! `transport/socketio/conn.rs`), frame by frame. The socket.io-client e2e suite (websocket
+//! `transport/socketio/codec.rs` on the session engine), frame by frame. The socket.io-client e2e suite (websocket
 //! mode) covers the same sessions through the official client.
 
 use futures_util::{SinkExt, StreamExt};
@@ -168,10 +168,14 @@ async fn a_broken_packet_closes_the_session_and_disconnect_leaves_the_rooms() {
             .await;
 
         send(&mut ws, last).await;
-        // The server ends the session: user_left for the others, then the socket closes.
+        // The chat forgets the connection: user_left for the others. A broken packet closes
+        // the socket; `41` leaves the namespace only, the client's `1` then closes it.
         watcher
             .event_where("user_left", |e| e["userId"] == user.as_str())
             .await;
+        if *last == "41" {
+            send(&mut ws, "1").await;
+        }
         while next_text(&mut ws).await.is_some() {}
     }
 }
@@ -213,4 +217,114 @@ async fn a_client_that_stops_answering_pings_is_closed_and_one_that_answers_stay
     // The watcher has lived through several intervals by now and still works.
     let ack = watcher.say("hb-room", "still here").await;
     assert_eq!(ack["success"], true, "{ack}");
+}
+
+/// Issue 15.5: `41` leaves the main namespace (the chat forgets the connection: its rooms see
+/// it leave) but the Engine.IO session stays, pinged, and can connect again.
+#[tokio::test]
+async fn leaving_the_main_namespace_keeps_the_engine_io_session_alive() {
+    let app = spawn_app_with(&["--ping-interval-ms", "300", "--ping-timeout-ms", "200"]).await;
+    let mut watcher = app.member("nsp-watcher", "nsp-room").await;
+    let (mut ws, _) = open(app.addr).await;
+    send(&mut ws, r#"40{"userId":"nsp-leaver","username":"N"}"#).await;
+    assert!(next_text(&mut ws).await.unwrap().starts_with("40"));
+    send(&mut ws, r#"421["join_room",{"roomId":"nsp-room"}]"#).await;
+    while !next_text(&mut ws).await.unwrap().starts_with("431") {}
+
+    send(&mut ws, "41").await;
+    watcher
+        .event_where("user_left", |e| e["userId"] == "nsp-leaver")
+        .await;
+    // Pings go on, answered, past several intervals.
+    let mut pings = 0;
+    while pings < 3 {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("a ping") {
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                pings += 1;
+                send(&mut ws, "3").await;
+            }
+            other => panic!("expected pings, got {other:?}"),
+        }
+    }
+    // A new CONNECT is a new connection for the chat.
+    send(&mut ws, r#"40{"userId":"nsp-leaver","username":"N"}"#).await;
+    assert!(next_text(&mut ws).await.unwrap().starts_with("40{\"sid\""));
+    send(&mut ws, r#"422["join_room",{"roomId":"nsp-room"}]"#).await;
+    while !next_text(&mut ws).await.unwrap().starts_with("432") {}
+    watcher
+        .event_where("user_joined", |e| e["userId"] == "nsp-leaver")
+        .await;
+}
+
+/// Issue 15.5: binary attachment packets are refused cleanly: a BINARY_EVENT (`45x-`) gets
+/// `invalid_payload` once its attachments are in (they are dropped), a BINARY_ACK (`46x-`) is
+/// ignored with its attachments, the session goes on; a text packet where an attachment was
+/// announced breaks the protocol and closes the session.
+#[tokio::test]
+async fn binary_attachment_packets_are_refused_cleanly() {
+    let app = spawn_app().await;
+    let mut watcher = app.member("att-watcher", "att-room").await;
+    let (mut ws, _) = open(app.addr).await;
+    send(&mut ws, r#"40{"userId":"att-user","username":"A"}"#).await;
+    assert!(next_text(&mut ws).await.unwrap().starts_with("40"));
+    send(&mut ws, r#"421["join_room",{"roomId":"att-room"}]"#).await;
+    while !next_text(&mut ws).await.unwrap().starts_with("431") {}
+
+    let ph = |n: u8| format!(r#"{{"_placeholder":true,"num":{n}}}"#);
+    send(
+        &mut ws,
+        &format!(
+            r#"452-3["send_message",{{"roomId":"att-room","message":{}}},{}]"#,
+            ph(0),
+            ph(1)
+        ),
+    )
+    .await;
+    ws.send(Message::binary(vec![1u8])).await.unwrap();
+    ws.send(Message::binary(vec![2u8])).await.unwrap();
+    send(&mut ws, &format!("461-9[{}]", ph(0))).await;
+    ws.send(Message::binary(vec![3u8])).await.unwrap();
+    send(
+        &mut ws,
+        r#"424["send_message",{"roomId":"att-room","message":"after binary"}]"#,
+    )
+    .await;
+    let mut frames = Vec::new();
+    while !frames.last().is_some_and(|f: &String| f.starts_with("434")) {
+        frames.push(next_text(&mut ws).await.expect("the session goes on"));
+    }
+    let errors: Vec<Value> = frames
+        .iter()
+        .filter(|f| f.starts_with("42[\"error\""))
+        .map(|f| event(f).1)
+        .collect();
+    assert_eq!(errors.len(), 1, "{frames:?}");
+    assert_eq!(errors[0]["code"], "invalid_payload");
+    let refused = frames.iter().find(|f| f.starts_with("433")).expect("ack 3");
+    assert!(refused.contains(r#""success":false"#), "{refused}");
+    assert_eq!(
+        watcher.event("new_message").await["message"],
+        "after binary"
+    );
+    assert_eq!(app.stored_texts("att-room").await, ["after binary"]);
+
+    // An attachment announced, a text packet instead: the session ends, cleanly.
+    send(
+        &mut ws,
+        &format!(
+            r#"451-["send_message",{{"roomId":"att-room","message":{}}}]"#,
+            ph(0)
+        ),
+    )
+    .await;
+    send(
+        &mut ws,
+        r#"42["send_message",{"roomId":"att-room","message":"not an attachment"}]"#,
+    )
+    .await;
+    watcher
+        .event_where("user_left", |e| e["userId"] == "att-user")
+        .await;
+    while next_text(&mut ws).await.is_some() {}
+    assert_eq!(app.stored_texts("att-room").await, ["after binary"]);
 }

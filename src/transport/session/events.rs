@@ -36,11 +36,16 @@ pub(super) enum Job {
         bytes: usize,
     },
     HandshakeAuth(Box<Credentials>),
+    /// The protocol's connect ended (Socket.IO's namespace DISCONNECT) but the connection
+    /// stays: the chat forgets this connection (its rooms are left), and a new connect starts
+    /// afresh.
+    Leave,
 }
 
 pub(super) enum Outcome {
     Event(Option<Value>, Result<Value, ChatError>),
     Auth(Result<(), ChatError>),
+    Left,
 }
 
 pub(super) type Running = Pin<Box<dyn Future<Output = (Session, Outcome)> + Send>>;
@@ -65,6 +70,12 @@ fn start(chat: Arc<ChatService>, mut session: Session, job: Job) -> Running {
                     .await
                     .map(|_| ()),
             ),
+            Job::Leave => {
+                chat.disconnect(&mut session).await;
+                // A new namespace connection of the same Engine.IO session keeps its id.
+                session = Session::new(session.sink().clone(), session.socket_id().clone());
+                Outcome::Left
+            }
         };
         (session, outcome)
     })
@@ -73,7 +84,7 @@ fn start(chat: Arc<ChatService>, mut session: Session, job: Job) -> Running {
 fn job_bytes(job: &Job) -> usize {
     match job {
         Job::Event { bytes, .. } => *bytes,
-        Job::HandshakeAuth(_) => 0,
+        Job::HandshakeAuth(_) | Job::Leave => 0,
     }
 }
 
@@ -151,6 +162,13 @@ impl<C: Codec> Conn<C> {
         self.submit(Job::HandshakeAuth(Box::new(credentials)));
     }
 
+    /// The protocol's connect ended but the connection stays (Socket.IO `41`): after the
+    /// events before it, the chat forgets this connection as on a disconnect, and the next
+    /// connect is a new connection for the chat.
+    pub fn leave(&mut self) {
+        self.submit(Job::Leave);
+    }
+
     fn submit(&mut self, job: Job) {
         if self.running.is_none()
             && self.pending.is_empty()
@@ -219,6 +237,7 @@ impl<C: Codec> Conn<C> {
                 }
                 result
             }
+            Outcome::Left => Ok(()),
         };
         if let Err(e) = result
             && e.closes_connection()

@@ -36,6 +36,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -97,10 +98,11 @@ pub trait Codec: Sized + Send + 'static {
         self.on_text(payload, conn)
     }
     /// One binary frame of a WebSocket.
-    fn on_binary(&mut self, conn: &mut Conn<Self>) -> Step;
+    fn on_binary(&mut self, data: Bytes, conn: &mut Conn<Self>) -> Step;
     /// A WebSocket ping or pong control frame.
     fn on_control(&mut self) -> Step;
-    /// Whether the client completed the protocol's connect (else `connect_timeout` runs).
+    /// Whether the client completed the protocol's connect (else `connect_timeout` runs,
+    /// again from when it stops being ready: Socket.IO's namespace DISCONNECT).
     fn ready(&self) -> bool {
         true
     }
@@ -122,7 +124,7 @@ pub enum Input {
     Text(Utf8Bytes),
     /// One long-polling payload.
     Payload(String),
-    Binary,
+    Binary(Bytes),
     /// A WebSocket ping or pong.
     Control,
     /// The carrier changed (a polling session upgraded): write the outbox now.
@@ -169,6 +171,14 @@ pub trait Carrier: Send + 'static {
     fn accepted(&mut self) -> Option<Input> {
         None
     }
+    /// The heartbeat now waits for the client's answer until `due` (`None`: answered). A
+    /// carrier whose requests arrive beside the task (polling) refuses them once it is due,
+    /// even before the task's timer has run.
+    fn awaiting_pong(&mut self, _due: Option<Instant>) {}
+    /// The session's loop has ended (before its last events run and the carrier closes): a
+    /// carrier that other requests reach (polling) stops admitting them when the client
+    /// ended the session.
+    fn ending(&mut self, _end: End) {}
     /// Closes the carrier once the session has ended and its outbox is sealed (`slow`: the
     /// client was cut off as a slow consumer; nothing more is written to it).
     fn close<C: Codec>(
@@ -180,7 +190,23 @@ pub trait Carrier: Send + 'static {
 }
 
 /// The session's task. Its future stays small: an idle connection is mostly this task.
-pub async fn run<C: Codec, K: Carrier>(
+///
+/// The heartbeat and connect timers start when `run` is called (before the open packet goes
+/// out), not when the task is first polled: a client that stops answering is gone at
+/// `ping_interval + ping_timeout` after the open packet it received, never later.
+pub fn run<C: Codec, K: Carrier>(
+    chat: Arc<ChatService>,
+    cfg: Arc<SessionConfig>,
+    sink: Arc<SessionSink>,
+    codec: C,
+    carrier: K,
+) -> impl Future<Output = ()> + Send {
+    let started = Instant::now();
+    run_from(started, chat, cfg, sink, codec, carrier)
+}
+
+async fn run_from<C: Codec, K: Carrier>(
+    started: Instant,
     chat: Arc<ChatService>,
     cfg: Arc<SessionConfig>,
     sink: Arc<SessionSink>,
@@ -188,12 +214,18 @@ pub async fn run<C: Codec, K: Carrier>(
     mut carrier: K,
 ) {
     let mut conn = Conn::<C>::new(chat, sink);
-    let connect_deadline = Instant::now() + cfg.connect_timeout;
-    let heartbeat = tokio::time::sleep(cfg.ping_interval);
+    let mut connect_deadline = started + cfg.connect_timeout;
+    let mut was_ready = false;
+    let heartbeat = tokio::time::sleep_until(started + cfg.ping_interval);
     tokio::pin!(heartbeat);
     let mut awaiting_pong = false;
     let end = loop {
-        let deadline = if !codec.ready() {
+        let ready = codec.ready();
+        if was_ready && !ready {
+            connect_deadline = Instant::now() + cfg.connect_timeout;
+        }
+        was_ready = ready;
+        let deadline = if !ready {
             Some(connect_deadline.into_std())
         } else {
             conn.deadline()
@@ -219,7 +251,9 @@ pub async fn run<C: Codec, K: Carrier>(
                 if awaiting_pong && conn.saturated() {
                     // Not reading (backpressure): the answer may wait behind the client's
                     // events, and a client that floods us is alive.
-                    heartbeat.as_mut().reset(Instant::now() + cfg.ping_timeout);
+                    let due = Instant::now() + cfg.ping_timeout;
+                    heartbeat.as_mut().reset(due);
+                    carrier.awaiting_pong(Some(due));
                     continue;
                 }
                 if awaiting_pong {
@@ -228,7 +262,10 @@ pub async fn run<C: Codec, K: Carrier>(
                 }
                 conn.queue(C::ping());
                 awaiting_pong = true;
-                heartbeat.as_mut().reset(Instant::now() + cfg.ping_timeout);
+                // From when the ping was due, so late timers do not add up.
+                let due = heartbeat.deadline() + cfg.ping_timeout;
+                heartbeat.as_mut().reset(due);
+                carrier.awaiting_pong(Some(due));
                 continue;
             }
             () = sleep_until_deadline(deadline) => {
@@ -247,11 +284,13 @@ pub async fn run<C: Codec, K: Carrier>(
                 if awaiting_pong {
                     awaiting_pong = false;
                     heartbeat.as_mut().reset(Instant::now() + cfg.ping_interval);
+                    carrier.awaiting_pong(None);
                 }
             }
             Step::Close => break End::Client,
         }
     };
+    carrier.ending(end);
     Box::pin(close(codec, conn, carrier, end)).await;
 }
 
@@ -259,7 +298,7 @@ fn on_input<C: Codec>(codec: &mut C, conn: &mut Conn<C>, input: Input) -> Step {
     let step = match input {
         Input::Text(text) => codec.on_text(&text, conn),
         Input::Payload(payload) => codec.on_payload(&payload, conn),
-        Input::Binary => codec.on_binary(conn),
+        Input::Binary(data) => codec.on_binary(data, conn),
         Input::Control => codec.on_control(),
         Input::Upgraded => {
             // What waits in the outbox goes out on the new carrier now.

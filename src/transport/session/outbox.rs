@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -21,6 +22,9 @@ pub enum Out {
     Event(Arc<ServerEvent>),
     /// A frame already encoded for the session's protocol (acks, the open packet, pings).
     Frame(Utf8Bytes),
+    /// A binary message (Socket.IO attachments, Engine.IO binary messages): a WebSocket
+    /// binary frame, or a base64 `b` packet on long-polling.
+    Binary(Bytes),
     /// A WebSocket ping control frame (the raw protocol's heartbeat).
     Ping,
     /// The server closes the session after what is queued before it (Socket.IO sends `41`).

@@ -1,22 +1,36 @@
-//! The Socket.IO codec (Engine.IO v4 framing, Socket.IO v5 packets, namespace `/`), for the
-//! session engine (`transport::session`), whichever carrier brings the packets.
+//! The Socket.IO codec (Engine.IO v4 framing, Socket.IO v5 packets), for the session engine
+//! (`transport::session`), whichever carrier brings the packets.
 //!
 //! - Engine.IO: the open packet `0{...}` first (queued by whoever opens the session), a server
 //!   ping `2` every `ping_interval` answered by `3` within `ping_timeout` (else the connection
-//!   is closed), `1` close, `6` noop, `4` message.
-//! - Socket.IO, namespace `/` only: `0` CONNECT with an optional auth object (its `token` or
-//!   `userId` authenticates), answered `40{"sid":..}`; another namespace gets
+//!   is closed), `1` close, `6` noop, `4` message; on long-polling a binary message is a base64
+//!   `b` packet.
+//! - Socket.IO packets `<type>[<attachments>-][<nsp>,][<ack id>][JSON]`; a binary packet
+//!   (`5` BINARY_EVENT, `6` BINARY_ACK) is followed by its attachments (binary messages), and
+//!   a text message before they are all there, a binary message nobody waits for, or a header
+//!   that does not parse closes the connection, as socket.io-parser does.
+//! - The chat (`Mode::Chat`), namespace `/` only: `0` CONNECT with an optional auth object (its
+//!   `token` or `userId` authenticates), answered `40{"sid":..}`; another namespace gets
 //!   `44/nsp,{"message":"Invalid namespace"}`; no CONNECT within `connect_timeout` closes;
-//!   `2` EVENT with an optional ack id, answered by `3` ACK; `1` DISCONNECT ends the session;
-//!   binary events (no chat event carries binary) are refused with `invalid_payload`.
+//!   `2` EVENT with an optional ack id, answered by `3` ACK; `1` DISCONNECT leaves the
+//!   namespace (the chat forgets the connection: its rooms see it leave) and the Engine.IO
+//!   session stays, pinged, until the client connects again or closes it; `5` BINARY_EVENT
+//!   (no chat event carries binary) is refused with `invalid_payload` once its attachments
+//!   are in, and they are dropped; `6` BINARY_ACK is ignored with its attachments (the server
+//!   asks for no ack).
+//! - `Mode::Echo`: the protocol-test server's namespaces and events (`protocol_test.rs`).
 //! - A server-side close (`too_many_connections`) sends `41` after the error and the ack.
 
+use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 
 use super::handshake_credentials;
 use crate::chat::wire::ServerEvent;
 use crate::transport::session::{Codec, Conn, Out, SIO_FRAME, SessionConfig, Step};
+
+/// Attachments one binary packet may announce.
+const MAX_ATTACHMENTS: usize = 64;
 
 /// The Engine.IO open packet; `upgrades` names `websocket` for a polling session.
 pub fn open_packet(sid: &str, upgrades: bool, cfg: &SessionConfig) -> String {
@@ -30,27 +44,94 @@ pub fn open_packet(sid: &str, upgrades: bool, cfg: &SessionConfig) -> String {
 }
 
 /// A frame of the outbox as an Engine.IO packet in a polling payload.
-pub fn packet_text(out: Out) -> Utf8Bytes {
+pub fn packet_text<C: Codec>(out: Out) -> Utf8Bytes {
     match out {
-        Out::Event(ev) => SioCodec::event_frame(&ev),
+        Out::Event(ev) => C::event_frame(&ev),
         Out::Frame(frame) => frame,
+        Out::Binary(data) => {
+            use base64::Engine as _;
+            let mut packet = String::from("b");
+            base64::engine::general_purpose::STANDARD.encode_string(&data, &mut packet);
+            packet.into()
+        }
         Out::Ping => Utf8Bytes::from_static("2"),
-        Out::Disconnect => Utf8Bytes::from_static("41"),
+        Out::Disconnect => C::disconnect_frame().unwrap_or_else(|| Utf8Bytes::from_static("1")),
     }
 }
 
-/// The Socket.IO protocol state of one session.
-#[derive(Default)]
-pub struct SioCodec {
-    /// The namespace CONNECT has been received.
-    connected: bool,
+/// A polling payload's packets in order (a base64 `b` packet is a binary message), until one
+/// closes the session.
+pub(super) fn payload_packets<C: Codec>(codec: &mut C, payload: &str, conn: &mut Conn<C>) -> Step {
+    use base64::Engine as _;
+    let mut step = Step::Continue;
+    for packet in payload.split('\x1e') {
+        let next = match packet.strip_prefix('b') {
+            Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(data) => codec.on_binary(data.into(), conn),
+                Err(_) => Step::Close,
+            },
+            None => codec.on_text(packet, conn),
+        };
+        match next {
+            Step::Close => return Step::Close,
+            Step::Pong => step = Step::Pong,
+            Step::Continue => {}
+        }
+    }
+    step
 }
+
+/// Who answers the Socket.IO packets of a session.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// The chat service.
+    #[default]
+    Chat,
+    /// The protocol-test server (`protocol_test.rs`).
+    Echo,
+}
+
+/// The Socket.IO protocol state of one session.
+#[derive(Clone, Default)]
+pub struct SioCodec {
+    pub(super) mode: Mode,
+    /// The namespaces connected, one bit each (chat: `/` only).
+    pub(super) connected: u8,
+    /// A binary packet waiting for its attachments.
+    partial: Option<Box<Partial>>,
+}
+
+/// A Socket.IO packet's header, and its JSON.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Header<'a> {
+    pub kind: u8,
+    pub attachments: usize,
+    pub nsp: &'a str,
+    pub id: Option<u64>,
+    pub data: &'a str,
+}
+
+/// A binary packet whose attachments are on their way.
+#[derive(Clone)]
+struct Partial {
+    kind: u8,
+    nsp: String,
+    id: Option<u64>,
+    data: String,
+    want: usize,
+    /// The attachments so far (kept in echo mode only; the chat drops them).
+    got: Vec<Bytes>,
+    seen: usize,
+}
+
+/// The namespace bit of the chat's only namespace.
+const MAIN: u8 = 1;
 
 impl Codec for SioCodec {
     fn on_text(&mut self, text: &str, conn: &mut Conn<Self>) -> Step {
         match text.as_bytes().first() {
             Some(b'3') => Step::Pong,
-            Some(b'4') => match self.on_packet(&text[1..], conn) {
+            Some(b'4') => match self.on_message(&text[1..], conn) {
                 Ok(()) => Step::Continue,
                 Err(why) => {
                     tracing::debug!(%why, "socket.io: bad packet, closing");
@@ -66,23 +147,40 @@ impl Codec for SioCodec {
         }
     }
 
-    /// A polling payload: its packets in order, until one closes the session.
+    /// A polling payload: its packets in order (base64 `b` packets are binary messages),
+    /// until one closes the session.
     fn on_payload(&mut self, payload: &str, conn: &mut Conn<Self>) -> Step {
-        let mut step = Step::Continue;
-        // Base64 packets (`b...`) are attachments of a refused binary event.
-        for packet in payload.split('\x1e').filter(|p| !p.starts_with('b')) {
-            match self.on_text(packet, conn) {
-                Step::Close => return Step::Close,
-                Step::Pong => step = Step::Pong,
-                Step::Continue => {}
-            }
-        }
-        step
+        payload_packets(self, payload, conn)
     }
 
-    /// Attachments of a (refused) binary event.
-    fn on_binary(&mut self, _conn: &mut Conn<Self>) -> Step {
-        Step::Continue
+    /// An attachment of the binary packet being received.
+    fn on_binary(&mut self, data: Bytes, conn: &mut Conn<Self>) -> Step {
+        let Some(partial) = self.partial.as_mut() else {
+            tracing::debug!("socket.io: binary data without a binary packet, closing");
+            return Step::Close;
+        };
+        partial.seen += 1;
+        if self.mode == Mode::Echo {
+            partial.got.push(data);
+        }
+        if partial.seen < partial.want {
+            return Step::Continue;
+        }
+        let partial = self.partial.take().expect("checked above");
+        let header = Header {
+            kind: partial.kind,
+            attachments: partial.want,
+            nsp: &partial.nsp,
+            id: partial.id,
+            data: &partial.data,
+        };
+        match self.on_packet(&header, partial.got, conn) {
+            Ok(()) => Step::Continue,
+            Err(why) => {
+                tracing::debug!(%why, "socket.io: bad packet, closing");
+                Step::Close
+            }
+        }
     }
 
     fn on_control(&mut self) -> Step {
@@ -90,7 +188,7 @@ impl Codec for SioCodec {
     }
 
     fn ready(&self) -> bool {
-        self.connected
+        self.connected != 0
     }
 
     fn ping() -> Out {
@@ -118,33 +216,65 @@ impl Codec for SioCodec {
 }
 
 impl SioCodec {
-    /// A Socket.IO packet (the Engine.IO message's payload). `Err` closes the connection.
-    fn on_packet(&mut self, packet: &str, conn: &mut Conn<Self>) -> Result<(), &'static str> {
-        let mut chars = packet.char_indices();
-        let kind = chars.next().map(|(_, c)| c).ok_or("empty packet")?;
-        let rest = &packet[kind.len_utf8()..];
-        let (nsp, rest) = match rest.strip_prefix('/') {
-            Some(_) => rest.split_once(',').unwrap_or((rest, "")),
-            None => ("/", rest),
-        };
-        match kind {
-            '0' => {
-                if nsp != "/" {
-                    let body = serde_json::json!({"message": "Invalid namespace"});
-                    conn.queue(Out::Frame(format!("44{nsp},{body}").into()));
-                    return Ok(());
-                }
-                if self.connected {
-                    return Ok(());
-                }
-                let auth = match rest {
-                    "" => None,
-                    json => match serde_json::from_str::<Value>(json) {
-                        Ok(v @ Value::Object(_)) => Some(v),
-                        _ => return Err("CONNECT payload is not an object"),
-                    },
-                };
-                self.connected = true;
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+
+    /// An Engine.IO message: a Socket.IO packet, or the header of a binary one. `Err` closes
+    /// the connection.
+    fn on_message(&mut self, packet: &str, conn: &mut Conn<Self>) -> Result<(), &'static str> {
+        if self.partial.is_some() {
+            return Err("a text packet while attachments were expected");
+        }
+        let header = parse_header(packet)?;
+        if header.attachments == 0 {
+            return self.on_packet(&header, Vec::new(), conn);
+        }
+        if header.attachments > MAX_ATTACHMENTS {
+            return Err("too many attachments");
+        }
+        self.partial = Some(Box::new(Partial {
+            kind: header.kind,
+            nsp: header.nsp.to_string(),
+            id: header.id,
+            data: header.data.to_string(),
+            want: header.attachments,
+            got: Vec::new(),
+            seen: 0,
+        }));
+        Ok(())
+    }
+
+    /// A whole Socket.IO packet (attachments included).
+    fn on_packet(
+        &mut self,
+        h: &Header,
+        attachments: Vec<Bytes>,
+        conn: &mut Conn<Self>,
+    ) -> Result<(), &'static str> {
+        match self.mode {
+            Mode::Chat => self.chat_packet(h, conn),
+            Mode::Echo => self.echo_packet(h, attachments, conn),
+        }
+    }
+
+    /// The chat's Socket.IO: namespace `/` only.
+    fn chat_packet(&mut self, h: &Header, conn: &mut Conn<Self>) -> Result<(), &'static str> {
+        let main = h.nsp == "/";
+        let connected = self.connected & MAIN != 0;
+        match h.kind {
+            b'0' if !main => {
+                let body = serde_json::json!({"message": "Invalid namespace"});
+                conn.queue(Out::Frame(format!("44{},{body}", h.nsp).into()));
+                Ok(())
+            }
+            b'0' if connected => Ok(()),
+            b'0' => {
+                let auth = connect_auth(h.data)?;
+                self.connected |= MAIN;
                 let ack = format!(r#"40{{"sid":"{}"}}"#, conn.socket_id());
                 conn.queue(Out::Frame(ack.into()));
                 if let Some(credentials) = auth.as_ref().and_then(handshake_credentials) {
@@ -152,25 +282,73 @@ impl SioCodec {
                 }
                 Ok(())
             }
-            '1' if nsp == "/" => Err("client disconnected"),
-            '2' | '5' if nsp == "/" && self.connected => {
-                // The attachments of a binary event follow as binary frames, which are skipped.
-                let ((ack, _attachments), json) = split_ack_id(rest, kind == '5')?;
-                let (name, data) = parse_event(json)?;
-                let data = if kind == '5' {
+            b'1' if main && connected => {
+                self.connected &= !MAIN;
+                conn.leave();
+                Ok(())
+            }
+            b'2' | b'5' if main && connected => {
+                let (name, data) = parse_event(h.data)?;
+                let data = if h.kind == b'5' {
                     Err("binary attachments are not supported".to_string())
                 } else {
                     data
                 };
-                conn.event(name, data, ack.map(Value::from), packet.len());
+                conn.event(name, data, h.id.map(Value::from), h.data.len());
                 Ok(())
             }
             // Client acks (the server asks for none), packets of other namespaces and events
             // before CONNECT are ignored, as socket.io does.
-            '1'..='6' => Ok(()),
-            _ => Err("unknown packet type"),
+            _ => Ok(()),
         }
     }
+}
+
+/// A CONNECT's payload: nothing, or an object (the handshake auth).
+pub(super) fn connect_auth(data: &str) -> Result<Option<Value>, &'static str> {
+    match data {
+        "" => Ok(None),
+        json => match serde_json::from_str::<Value>(json) {
+            Ok(v @ Value::Object(_)) => Ok(Some(v)),
+            _ => Err("CONNECT payload is not an object"),
+        },
+    }
+}
+
+/// `<type>[<attachments>-][<nsp>,][<ack id>]<JSON>`, as socket.io-parser reads it.
+pub(super) fn parse_header(packet: &str) -> Result<Header<'_>, &'static str> {
+    let kind = *packet.as_bytes().first().ok_or("empty packet")?;
+    if !(b'0'..=b'6').contains(&kind) {
+        return Err("unknown packet type");
+    }
+    let mut rest = &packet[1..];
+    let mut attachments = 0;
+    if kind == b'5' || kind == b'6' {
+        let (n, after) = rest
+            .split_once('-')
+            .ok_or("binary packet without attachments")?;
+        if n.is_empty() || !n.bytes().all(|c| c.is_ascii_digit()) {
+            return Err("bad attachment count");
+        }
+        attachments = n.parse().map_err(|_| "bad attachment count")?;
+        rest = after;
+    }
+    let mut nsp = "/";
+    if rest.starts_with('/') {
+        (nsp, rest) = rest.split_once(',').unwrap_or((rest, ""));
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let id = match digits {
+        0 => None,
+        _ => Some(rest[..digits].parse::<u64>().map_err(|_| "bad ack id")?),
+    };
+    Ok(Header {
+        kind,
+        attachments,
+        nsp,
+        id,
+        data: &rest[digits..],
+    })
 }
 
 /// An EVENT's arguments `[name, data, ...]`: the name (empty when not a string) and the first
@@ -237,27 +415,6 @@ fn read_args(json: &str, what: Args) -> serde_json::Result<(Option<Value>, Optio
     Ok(args)
 }
 
-/// Splits `[ack id]json` (EVENT) or `attachments-[ack id]json` (BINARY_EVENT).
-fn split_ack_id(rest: &str, binary: bool) -> Result<((Option<u64>, usize), &str), &'static str> {
-    let (attachments, rest) = if binary {
-        let (n, rest) = rest
-            .split_once('-')
-            .ok_or("BINARY_EVENT without attachments")?;
-        (
-            n.parse::<usize>().map_err(|_| "bad attachment count")?,
-            rest,
-        )
-    } else {
-        (0, rest)
-    };
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let ack = match digits {
-        0 => None,
-        _ => Some(rest[..digits].parse::<u64>().map_err(|_| "bad ack id")?),
-    };
-    Ok(((ack, attachments), &rest[digits..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,20 +445,34 @@ mod tests {
     }
 
     #[test]
-    fn ack_ids_and_attachments() {
+    fn packet_headers() {
+        let h = |p| parse_header(p).unwrap();
         assert_eq!(
-            split_ack_id(r#"12["a"]"#, false).unwrap(),
-            ((Some(12), 0), r#"["a"]"#)
+            h(r#"212["a"]"#),
+            Header {
+                kind: b'2',
+                attachments: 0,
+                nsp: "/",
+                id: Some(12),
+                data: r#"["a"]"#
+            }
         );
         assert_eq!(
-            split_ack_id(r#"["a"]"#, false).unwrap(),
-            ((None, 0), r#"["a"]"#)
+            h(r#"52-/admin,7["a"]"#),
+            Header {
+                kind: b'5',
+                attachments: 2,
+                nsp: "/admin",
+                id: Some(7),
+                data: r#"["a"]"#
+            }
         );
-        assert_eq!(
-            split_ack_id(r#"2-7["a"]"#, true).unwrap(),
-            ((Some(7), 2), r#"["a"]"#)
-        );
-        assert!(split_ack_id(r#"["a"]"#, true).is_err());
-        assert!(split_ack_id("99999999999999999999999[]", false).is_err());
+        assert_eq!((h("0/custom").nsp, h("0/custom").data), ("/custom", ""));
+        assert_eq!(h("1").nsp, "/");
+        assert!(parse_header(r#"5["a"]"#).is_err());
+        assert!(parse_header(r#"5x-["a"]"#).is_err());
+        assert!(parse_header("abc").is_err());
+        assert!(parse_header("").is_err());
+        assert!(parse_header("299999999999999999999999[]").is_err());
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,35 +21,52 @@ use serde_json::Value;
 
 use crate::auth::Credentials;
 use crate::chat::ChatService;
-use crate::transport::session::{self, Out, SessionConfig, SessionSink};
+use crate::transport::session::{self, Codec, Out, SessionConfig, SessionSink};
 use crate::transport::websocket::{WsCarrier, limited_upgrade};
+pub use codec::Mode;
 use codec::SioCodec;
+use polling::Entry;
 
 mod codec;
 mod polling;
+pub mod protocol_test;
 
 pub struct SocketIoConfig {
     /// The session engine's settings (`connect_timeout` bounds the namespace CONNECT).
     pub session: Arc<SessionConfig>,
 }
 
+/// The routes of one Engine.IO endpoint; `codec` is the protocol of its sessions (cloned for
+/// each one).
 #[derive(Clone)]
-pub struct SocketIoState {
+pub struct SocketIoState<C> {
     chat: Arc<ChatService>,
     cfg: Arc<SocketIoConfig>,
     sessions: polling::Sessions,
+    codec: C,
 }
 
-/// The `/socket.io/` routes.
+/// The `/socket.io/` routes of the chat.
 pub fn router(chat: Arc<ChatService>, cfg: SocketIoConfig) -> Router {
+    engine_router("/socket.io", chat, Arc::new(cfg), SioCodec::default())
+}
+
+/// An Engine.IO endpoint at `path` whose sessions speak `codec`.
+fn engine_router<C: Codec + Clone + Sync>(
+    path: &str,
+    chat: Arc<ChatService>,
+    cfg: Arc<SocketIoConfig>,
+    codec: C,
+) -> Router {
     let state = SocketIoState {
         chat,
-        cfg: Arc::new(cfg),
+        cfg,
         sessions: Default::default(),
+        codec,
     };
     Router::new()
-        .route("/socket.io/", any(serve))
-        .route("/socket.io", any(serve))
+        .route(&format!("{path}/"), any(serve::<C>))
+        .route(path, any(serve::<C>))
         .with_state(state)
 }
 
@@ -87,13 +104,16 @@ fn engine_error(code: u8, message: &str) -> Response {
         .into_response()
 }
 
-async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
+async fn serve<C: Codec + Clone + Sync>(
+    State(state): State<SocketIoState<C>>,
+    req: Request,
+) -> Response {
     let uri = req.uri().clone();
     let q = EngineQuery::parse(uri.query());
     if q.eio != Some("4") {
         return engine_error(5, "Unsupported protocol version");
     }
-    let session = |sid: &str| state.sessions.lock().get(sid).cloned();
+    let entry = |sid: &str| state.sessions.lock().get(sid).cloned();
     match q.transport {
         Some("websocket") => {
             let (mut parts, _body) = req.into_parts();
@@ -106,8 +126,10 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
             };
             match q.sid {
                 None => accept_websocket(state, ws),
-                Some(sid) => match session(sid) {
-                    Some(s) => polling::upgrade(&state, s, ws),
+                Some(sid) => match entry(sid) {
+                    Some(Entry::Polling(s)) => polling::upgrade(&state, sid, s, ws),
+                    // Already on its WebSocket: this one is accepted and closed.
+                    Some(Entry::Upgraded) => accept_and_close(ws),
                     None => engine_error(1, "Session ID unknown"),
                 },
             }
@@ -119,11 +141,13 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
                     _ => engine_error(2, "Bad handshake method"),
                 };
             };
-            let Some(s) = session(sid) else {
-                return engine_error(1, "Session ID unknown");
+            let s = match entry(sid) {
+                Some(Entry::Polling(s)) => s,
+                Some(Entry::Upgraded) => return engine_error(3, "Bad request"),
+                None => return engine_error(1, "Session ID unknown"),
             };
             match *req.method() {
-                Method::GET => polling::poll(s).await,
+                Method::GET => polling::poll::<C>(s).await,
                 Method::POST => {
                     // The body limit (`DefaultBodyLimit`, MAX_PAYLOAD_BYTES) answers 413.
                     let body = Bytes::from_request(req, &())
@@ -138,8 +162,19 @@ async fn serve(State(state): State<SocketIoState>, req: Request) -> Response {
     }
 }
 
+/// A WebSocket that has no session to join (its `sid` is already upgraded or upgrading): the
+/// handshake completes and the server closes it at once, as engine.io does.
+fn accept_and_close(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(|mut socket| async move {
+        let _ = socket.send(Message::Close(None)).await;
+    })
+}
+
 /// A session opened directly on a WebSocket: the open packet is its first frame.
-fn accept_websocket(state: SocketIoState, ws: WebSocketUpgrade) -> Response {
+fn accept_websocket<C: Codec + Clone + Sync>(
+    state: SocketIoState<C>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let cfg = state.cfg.session.clone();
     limited_upgrade(ws, cfg.max_payload_bytes).on_upgrade(move |socket| {
         let sink = SessionSink::new(cfg.max_queued_frames);
@@ -153,7 +188,7 @@ fn accept_websocket(state: SocketIoState, ws: WebSocketUpgrade) -> Response {
             state.chat,
             cfg,
             sink,
-            SioCodec::default(),
+            state.codec,
             WsCarrier(socket),
         ))
     })

@@ -114,7 +114,7 @@ impl Codec for RawCodec {
         Step::Pong
     }
 
-    fn on_binary(&mut self, conn: &mut Conn<Self>) -> Step {
+    fn on_binary(&mut self, _data: axum::body::Bytes, conn: &mut Conn<Self>) -> Step {
         conn.emit_error(&ChatError::InvalidPayload(
             "frames must be JSON text".into(),
         ));
