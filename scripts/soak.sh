@@ -9,8 +9,9 @@
 #   scripts/soak.sh [seconds] [clients] [extra chat-bench arguments...]
 #
 # Defaults: 180 s, 1000 clients (the test command's 3-minute version). The binaries are
-# CHAT_BIN and CHAT_BENCH_BIN, default the debug builds; BENCHMARKS.md runs the hour on the
-# release builds with 10,000 clients.
+# CHAT_BIN and CHAT_BENCH_BIN, default the debug builds; BENCHMARKS.md runs it on the release
+# builds with 10,000 clients. SOAK_STORAGE=postgres puts both instances on one fresh database
+# of the local PostgreSQL (dropped at the end) instead of an embedded store each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,17 +25,25 @@ redis_url="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
 work="$(mktemp -d)"
 pids=()
+storage=(STORAGE=embedded)
+db=""
+if [ "${SOAK_STORAGE:-embedded}" = postgres ]; then
+  db="soak_$$"
+  psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" postgres
+  storage=(STORAGE=postgres "DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db")
+fi
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
+  if [ -n "$db" ]; then psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db" postgres || true; fi
 }
 trap cleanup EXIT
 
 urls=()
 for i in 1 2; do
   mkdir -p "$work/$i"
-  (cd "$work/$i" && exec env PORT=0 HOST=127.0.0.1 REDIS_URL="$redis_url" STORAGE=embedded \
+  (cd "$work/$i" && exec env PORT=0 HOST=127.0.0.1 REDIS_URL="$redis_url" "${storage[@]}" \
     DATA_DIR="$work/$i/data" RATE_LIMIT_PER_SEC=0 EVENT_RATE_LIMIT_PER_SEC=0 RUST_LOG=warn \
     "$chat_bin" >"$work/$i/out" 2>"$work/$i/log") &
   pids+=("$!")
