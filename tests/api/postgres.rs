@@ -13,7 +13,7 @@ use chat_service::store::{MessageStore, OutboxConfig, StoreError};
 use crate::stores::{
     outage_fails_fast_and_heals, restart_keeps_messages_rooms_and_idempotency, unique,
 };
-use crate::support::TcpProxy;
+use crate::support::{TcpProxy, spawn_app_with};
 
 pub fn pg_url() -> String {
     std::env::var("POSTGRES_TEST_URL")
@@ -102,4 +102,57 @@ async fn database_outage_fails_sends_fast_shows_in_ready_and_heals_by_itself() {
     let proxy = TcpProxy::start(upstream()).await;
     let url = format!("postgres://postgres@{}/test", proxy.addr);
     outage_fails_fast_and_heals(&["--storage", "postgres", "--database-url", &url], &proxy).await;
+}
+
+/// Two instances on one database: their group-commit writers' transactions must never
+/// deadlock each other. Joins (each one inserts into `rooms` and `room_participants`) split a
+/// batch's appends into several runs, so two instances joining and chatting in rooms in
+/// opposite orders locked the same `rooms` rows in opposite orders: "deadlock detected", and
+/// every send of both batches failed (found by the churn soak on PostgreSQL).
+#[tokio::test]
+async fn two_instances_on_one_database_never_deadlock() {
+    let url = pg_url();
+    let args = ["--storage", "postgres", "--database-url", url.as_str()];
+    let (a, b) = (spawn_app_with(&args).await, spawn_app_with(&args).await);
+    let rooms: Vec<String> = (0..12).map(|_| unique("pgdl")).collect();
+    let mut tasks = Vec::new();
+    for (i, app) in [&a, &b, &a, &b, &a, &b, &a, &b].into_iter().enumerate() {
+        let mut order = rooms.clone();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        order.rotate_left(i / 2);
+        let mut c = app.user(&unique("pgdl-u")).await;
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for round in 0..6 {
+                let acks: Vec<_> = order
+                    .iter()
+                    .flat_map(|room| {
+                        [
+                            c.emit_with_ack("join_room", serde_json::json!({"roomId": room})),
+                            c.emit_with_ack(
+                                "send_message",
+                                serde_json::json!({"roomId": room, "message": format!("{round}")}),
+                            ),
+                        ]
+                    })
+                    .collect();
+                for ack in acks {
+                    let ack = tokio::time::timeout(crate::support::WAIT * 4, ack)
+                        .await
+                        .expect("ack in time")
+                        .expect("ack");
+                    if ack["success"] != true {
+                        failures.push(ack);
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    for t in tasks {
+        let failures = t.await.unwrap();
+        assert!(failures.is_empty(), "refused: {failures:?}");
+    }
 }

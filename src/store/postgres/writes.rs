@@ -22,6 +22,13 @@ use crate::store::{Appended, Key, StoreError, key_of};
 
 /// A batch that has not committed by then fails with `Unavailable`.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The transaction-level advisory lock every batch takes first: the writers of instances that
+/// share a database commit one batch at a time. Without it, two batches that lock the same
+/// `rooms` rows in different orders (a join splits a batch's appends into several runs, each
+/// sorted by room on its own) deadlocked, and PostgreSQL failed both. One writer at a time is
+/// the embedded store's shape too; group commit keeps the batches large under contention.
+const WRITER_LOCK: i64 = 0x6368_6174_5752; // "chatWR"
+
 /// How often the writer re-reads the outbox size for the `max_pending` bound.
 const OUTBOX_RECOUNT: Duration = Duration::from_secs(1);
 
@@ -58,6 +65,11 @@ impl ApplyBatch for Writer {
         let mut count = self.outbox.count();
         let result = tokio::time::timeout(BATCH_TIMEOUT, async {
             let mut tx = self.pool.begin().await.map_err(db_error)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITER_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
             if recount {
                 count.pending = outbox::count(&mut *tx).await?;
             }
