@@ -2,7 +2,7 @@
 //!
 //! Every figure is an atomic (a counter, a gauge, or a histogram's fixed buckets), updated with
 //! one relaxed `fetch_add` where it happens and read only when `/metrics` is scraped: no lock,
-//! no allocation and no map lookup on the hot path (BENCHMARKS.md, "Metrics cost"). Labels are
+//! no allocation and no map lookup on the hot path. Labels are
 //! fixed sets known at compile time (transports, close reasons, event names, outcome codes), so
 //! the number of series is bounded: no room or user id is ever a label. Every series carries
 //! `instance_id` (the instance id of `app.rs`, also the Redis bus origin); it is not called

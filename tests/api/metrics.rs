@@ -322,3 +322,27 @@ async fn the_token_protects_the_endpoint() {
     assert_eq!(doc["paths"]["/metrics"]["get"]["security"], json!([]));
     assert!(doc["paths"]["/metrics"]["get"]["responses"]["401"].is_null());
 }
+
+#[tokio::test]
+async fn with_redis_the_bus_and_the_history_cache_are_counted() {
+    let app = crate::support::spawn_redis_app(&["--history-on-join", "1"]).await;
+    let room = crate::support::unique("metrics-redis");
+    let mut alice = app.member("alice", &room).await;
+    alice.say(&room, "cached").await;
+    // The second join's history (the newest message) comes from the Redis list alone.
+    let _bob = app.member("bob", &room).await;
+    let text = scrape(&app).await;
+    assert_eq!(value(&text, "chat_redis_up", &[]), 1.0);
+    assert_eq!(
+        value(&text, "chat_history_reads_total", &[("source", "cache")]),
+        1.0
+    );
+    // alice's join (an empty list) was answered by the durable store.
+    assert_eq!(
+        value(&text, "chat_history_reads_total", &[("source", "store")]),
+        1.0
+    );
+    // Her join and her message, then bob's join, left for the other instances.
+    wait_for(&app, "chat_bus_remote_sent_total", &[], 3.0).await;
+    wait_for(&app, "chat_bus_queued", &[], 0.0).await;
+}
