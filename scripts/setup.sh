@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, on a fresh Debian machine:
 # Node.js + npm, Debian's Chromium (browser test), redis-server (multi-instance tests), nginx (deployment test),
-# systemd's systemd-analyze (check of the systemd unit), the e2e npm packages, and the Python venv
+# systemd's systemd-analyze (check of the systemd unit), Prometheus and promtool (the metrics
+# test scrapes a running instance with a real Prometheus), the e2e npm packages, and the Python venv
 # (.venv/) of the python-socketio client test, of the MongoDB stand-in (nx-27017), of the
 # deployment checks (kubernetes-validate) and of the API fuzzer (schemathesis).
 # Idempotent and quick when everything is already there.
@@ -20,6 +21,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # systemd-analyze: scripts/check_deploy.py verifies deploy/chat-service.service with it (it needs
 # no running systemd).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# Prometheus: tests/api/prometheus.rs runs /usr/bin/prometheus (a child on a free port, with its
+# own config and data folder) against an instance, and /usr/bin/promtool on the exposition.
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 # Debian's python3 has the venv module but no ensurepip until python3-venv is installed.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -28,9 +28,11 @@ use crate::config::{AuthConfig, Config, CorsConfig, StorageKind};
 use crate::events::EventPublisher;
 use crate::events::amqp::{AmqpConfig, AmqpPublisher};
 use crate::events::relay::{OutboxRelay, RelayConfig};
+use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
+use crate::store::metered::MeteredStore;
 use crate::store::mongo::{MongoConfig, MongoStore};
 use crate::store::postgres::{PostgresConfig, PostgresStore};
 use crate::store::redis_cache::RedisCachedStore;
@@ -95,6 +97,10 @@ impl App {
     }
 
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        // Names this process in the metrics (`instance_id`) and, with Redis, in its entries and
+        // bus envelopes.
+        let origin = instance_id();
+        let metrics = Arc::new(Metrics::new(origin.clone()));
         // With RabbitMQ, every stored message also writes its event to the store's outbox.
         let outbox = cfg.rabbitmq.as_ref().map(|_| OutboxConfig {
             max_pending: cfg.outbox_max_pending,
@@ -139,18 +145,24 @@ impl App {
                 )
             }
         };
+        // Counted right around the durable backend: its reads and errors (`GET /metrics`).
+        let metered = MeteredStore::new(store);
+        metrics.register_store(metered.stats());
+        let store: Arc<dyn MessageStore> = Arc::new(metered);
         // With Redis, history is read from the shared cache first (SPEC 7).
         let store: Arc<dyn MessageStore> = match &cfg.redis {
             None => store,
-            Some(redis) => Arc::new(
-                RedisCachedStore::new(
+            Some(redis) => {
+                let cached = RedisCachedStore::new(
                     store,
                     &redis.url,
                     redis.max_message_history,
                     redis.message_history_ttl,
                 )
-                .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
-            ),
+                .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?;
+                metrics.register_history_cache(cached.stats());
+                Arc::new(cached)
+            }
         };
         let auth: Arc<dyn Authenticator> = match &cfg.auth {
             AuthConfig::None => {
@@ -166,7 +178,7 @@ impl App {
                 Arc::new(GrpcAuth::new(grpc).map_err(|e| anyhow::anyhow!("AUTH_MODE=grpc: {e}"))?)
             }
         };
-        let registry = Arc::new(RoomRegistry::new());
+        let registry = Arc::new(RoomRegistry::new(metrics.clone()));
         let mut background = Vec::new();
         let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) = match &cfg.redis {
             None => {
@@ -180,12 +192,12 @@ impl App {
                         "Redis with STORAGE=embedded: each instance keeps its own durable store; share MongoDB or PostgreSQL in production"
                     );
                 }
-                let origin = instance_id();
                 let bus = Arc::new(
                     RedisBus::new(&redis.url, origin.clone())
                         .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
                 );
                 bus.set_handler(registry.clone());
+                metrics.register_redis_bus(bus.stats());
                 let presence = Arc::new(
                     RedisPresence::new(&redis.url, origin.clone())
                         .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
@@ -217,6 +229,7 @@ impl App {
             presence,
             auth,
             registry,
+            metrics,
         );
         if let Some(events) = &events {
             chat = chat.with_events(events.clone());
@@ -247,12 +260,15 @@ impl App {
             page::index,
         );
         let socket_io = socketio::router(chat.clone(), socketio::SocketIoConfig { session });
-        let router = http::router(http::HttpState { chat: chat.clone() })
-            .merge(page::router())
-            .merge(ws_routes)
-            .merge(socket_io)
-            .layer(DefaultBodyLimit::max(cfg.max_payload_bytes as usize))
-            .layer(cors_layer(&cfg.cors));
+        let router = http::router(http::HttpState {
+            chat: chat.clone(),
+            metrics_token: cfg.metrics_token.as_deref().map(Arc::from),
+        })
+        .merge(page::router())
+        .merge(ws_routes)
+        .merge(socket_io)
+        .layer(DefaultBodyLimit::max(cfg.max_payload_bytes as usize))
+        .layer(cors_layer(&cfg.cors));
 
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -299,6 +315,7 @@ impl App {
         let stop_relay = CancellationToken::new();
         let relay = events.clone().map(|publisher| {
             let relay = OutboxRelay::new(store.clone(), publisher, RelayConfig::default());
+            chat.metrics().register_outbox(relay.stats());
             tokio::spawn(relay.run(stop_relay.clone()))
         });
         let typing = tokio::spawn({
@@ -404,7 +421,7 @@ fn cors_layer(cors: &CorsConfig) -> CorsLayer {
     }
 }
 
-/// A random id naming this process in Redis entries and bus envelopes.
+/// A random id naming this process in the metrics, Redis entries and bus envelopes.
 fn instance_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }

@@ -158,6 +158,10 @@ pub struct Cli {
     /// Seconds to drain connections and writes on SIGINT/SIGTERM
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+
+    /// Bearer token GET /metrics requires (unset: the endpoint is open)
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +235,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub chat: ChatConfig,
     pub shutdown_timeout: Duration,
+    /// `METRICS_TOKEN`: the bearer token `GET /metrics` requires (`None`: open).
+    pub metrics_token: Option<String>,
 }
 
 /// A setting that cannot be used; the text names the variable.
@@ -433,6 +439,7 @@ impl Config {
             ping_interval: Duration::from_millis(cli.ping_interval_ms),
             ping_timeout: Duration::from_millis(cli.ping_timeout_ms),
             shutdown_timeout: Duration::from_secs(cli.shutdown_timeout_secs),
+            metrics_token: cli.metrics_token.clone().filter(|t| !t.is_empty()),
         })
     }
 }
@@ -484,6 +491,7 @@ impl fmt::Debug for Cli {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("auth_grpc_url", &self.auth_grpc_url)
+            .field("metrics_token", &redacted(&self.metrics_token))
             .finish_non_exhaustive()
     }
 }
@@ -515,6 +523,7 @@ impl fmt::Debug for Config {
             .field("cors", &self.cors)
             .field("auth", &self.auth)
             .field("chat", &self.chat)
+            .field("metrics_token", &redacted(&self.metrics_token))
             .finish_non_exhaustive()
     }
 }
@@ -578,10 +587,12 @@ mod tests {
             "s3cr3t-value",
             "--rabbitmq-url",
             "amqp://guest:pa55@mq:5672",
+            "--metrics-token",
+            "m3trics-token",
         ])
         .unwrap();
         let shown = format!("{c:?}");
-        for secret in ["hunter2", "s3cr3t-value", "pa55"] {
+        for secret in ["hunter2", "s3cr3t-value", "pa55", "m3trics-token"] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
         assert!(shown.contains("redis://:***@r:6379"), "{shown}");

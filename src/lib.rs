@@ -11,6 +11,8 @@
 //! - `app`: the composition root, the only module that names concrete adapters.
 //! - `config`: the typed configuration tree.
 //! - `redis_link`: the Redis connection settings the three Redis adapters share.
+//! - `metrics`: the Prometheus registry (atomics, fixed label sets). Names nothing else of the
+//!   crate, so every layer may count into it; adapters keep their figures in its stats structs.
 //!
 //! `tests/dependency_rule.rs` checks these arrows on the source text.
 //! - `telemetry`: the log output (`LOG_FORMAT`: text or JSON lines).
@@ -22,6 +24,7 @@ pub mod chat;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod metrics;
 pub mod presence;
 pub mod redis_link;
 pub mod store;

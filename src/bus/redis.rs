@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusHandler};
 use crate::domain::{RoomEvent, RoomId};
+use crate::metrics::RedisBusStats;
 use crate::redis_link::{MAX_BACKOFF, TIMEOUT};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
@@ -46,6 +47,8 @@ const PING_EVERY: Duration = Duration::from_secs(3);
 pub fn channel(room: &RoomId) -> String {
     format!("chat:room:{room}")
 }
+
+type Queued = (String, String, Instant);
 
 #[derive(Default)]
 struct Subscriptions {
@@ -59,8 +62,10 @@ pub struct RedisBus {
     client: redis::Client,
     conn: ConnectionManager,
     handler: OnceLock<Arc<dyn BusHandler>>,
-    queue: mpsc::Sender<(String, String)>,
-    queue_rx: Mutex<Option<mpsc::Receiver<(String, String)>>>,
+    /// (channel, envelope, when it was queued).
+    queue: mpsc::Sender<Queued>,
+    queue_rx: Mutex<Option<mpsc::Receiver<Queued>>>,
+    stats: Arc<RedisBusStats>,
     /// room -> (first-local-member transitions) - (last-local-member transitions).
     wanted: Mutex<HashMap<RoomId, i64>>,
     subs: tokio::sync::Mutex<Subscriptions>,
@@ -85,6 +90,7 @@ impl RedisBus {
             handler: OnceLock::new(),
             queue,
             queue_rx: Mutex::new(Some(queue_rx)),
+            stats: Arc::default(),
             wanted: Mutex::new(HashMap::new()),
             subs: tokio::sync::Mutex::new(Subscriptions::default()),
             up: tokio::sync::watch::Sender::new(false),
@@ -97,6 +103,11 @@ impl RedisBus {
     /// Connects the receiving side; called once by the composition root.
     pub fn set_handler(&self, handler: Arc<dyn BusHandler>) {
         let _ = self.handler.set(handler);
+    }
+
+    /// The bus's figures, for the metrics registry.
+    pub fn stats(&self) -> Arc<RedisBusStats> {
+        self.stats.clone()
     }
 
     /// Whether the subscriber connection is up (all local rooms subscribed).
@@ -113,6 +124,7 @@ impl RedisBus {
     }
 
     fn set_up(&self, up: bool) -> bool {
+        self.stats.up.store(up, Ordering::Relaxed);
         self.up.send_replace(up)
     }
 
@@ -125,30 +137,38 @@ impl RedisBus {
         tokio::join!(self.clone().publisher(rx), self.subscriber());
     }
 
-    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, String)>) {
+    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>) {
         let mut conn = self.conn.clone();
         let mut failing = false;
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
             let mut pipe = redis::pipe();
-            for (channel, payload) in &batch {
+            for (channel, payload, _) in &batch {
                 pipe.publish(channel, payload).ignore();
             }
-            match pipe.query_async::<()>(&mut conn).await {
+            let n = batch.len() as u64;
+            let result = pipe.query_async::<()>(&mut conn).await;
+            self.stats.queued.add(-(n as i64));
+            match result {
                 Ok(()) => {
+                    self.stats.sent.add(n);
+                    let oldest = batch[0].2.elapsed().as_micros();
+                    self.stats
+                        .lag_us
+                        .store(u64::try_from(oldest).unwrap_or(u64::MAX), Ordering::Relaxed);
                     if failing {
                         tracing::info!("redis bus: publishing again");
                         failing = false;
                     }
                 }
                 Err(e) => {
+                    self.stats.failed.add(n);
                     if !failing {
                         tracing::warn!(cause = %e, lost = batch.len(), "redis bus: publish failed; other instances miss these events");
                         failing = true;
                     }
                 }
             }
-            let n = batch.len() as u64;
             self.finished.send_modify(|f| *f += n);
             batch.clear();
         }
@@ -241,6 +261,7 @@ impl RedisBus {
                 return;
             }
         };
+        self.stats.received.inc();
         if let Some(h) = self.handler.get() {
             h.on_event(Arc::new(event));
         }
@@ -290,9 +311,17 @@ impl Bus for RedisBus {
         if let Some(h) = self.handler.get() {
             h.on_event(event);
         }
-        if self.queue.try_send((ch, payload.to_string())).is_ok() {
+        // Counted before the publisher task can take it, so the gauge never goes below 0.
+        self.stats.queued.inc();
+        if self
+            .queue
+            .try_send((ch, payload.to_string(), Instant::now()))
+            .is_ok()
+        {
             self.queued.fetch_add(1, Ordering::AcqRel);
         } else {
+            self.stats.queued.dec();
+            self.stats.dropped.inc();
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(

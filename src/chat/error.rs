@@ -113,3 +113,32 @@ pub(super) fn auth_error(e: AuthError) -> ChatError {
         AuthError::Invalid(m) => ChatError::InvalidPayload(m),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ChatError;
+
+    #[test]
+    fn every_code_is_an_outcome_label_of_the_metrics() {
+        let all = [
+            ChatError::NotAuthenticated,
+            ChatError::AuthFailed(String::new()),
+            ChatError::TokenExpired,
+            ChatError::InvalidPayload(String::new()),
+            ChatError::Forbidden(String::new()),
+            ChatError::NotFound(String::new()),
+            ChatError::RateLimited,
+            ChatError::TooManyConnections,
+            ChatError::PayloadTooLarge,
+            ChatError::Unavailable(String::new()),
+            ChatError::Internal,
+        ];
+        for e in all {
+            assert!(
+                crate::metrics::OUTCOMES.contains(&e.code()),
+                "{} is not in metrics::OUTCOMES",
+                e.code()
+            );
+        }
+    }
+}

@@ -53,6 +53,9 @@ impl ChatService {
             let first = self
                 .registry
                 .add(&room_id, s.conn, &me.user_id, s.sink.clone());
+            if first {
+                self.metrics.rooms_local.inc();
+            }
             let live = if first {
                 self.bus.subscribe(&room_id).await
             } else {
@@ -117,10 +120,11 @@ impl ChatService {
         me: &Identity,
         room_id: &RoomId,
     ) -> Result<(), ChatError> {
-        if self.registry.remove(room_id, conn)
-            && let Err(e) = self.bus.unsubscribe(room_id).await
-        {
-            tracing::warn!(room = %room_id, cause = %e, "bus unsubscribe failed");
+        if self.registry.remove(room_id, conn) {
+            self.metrics.rooms_local.dec();
+            if let Err(e) = self.bus.unsubscribe(room_id).await {
+                tracing::warn!(room = %room_id, cause = %e, "bus unsubscribe failed");
+            }
         }
         if self.presence.leave(room_id, &me.user_id, conn).await? {
             self.typing

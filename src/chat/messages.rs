@@ -3,6 +3,8 @@
 //! an idempotent replay (`clientMessageId` seen before) returns the stored message and is not
 //! delivered again.
 
+use std::time::Instant;
+
 use serde::Serialize;
 
 use super::{ChatError, ChatService, Session};
@@ -32,6 +34,8 @@ impl ChatService {
     pub async fn send(&self, s: &mut Session, cmd: SendMessage) -> Result<Sent, ChatError> {
         let me = self.require_member(s, &cmd.room_id)?;
         if !self.rate.allow(&me.user_id) {
+            self.metrics
+                .rate_limited(crate::metrics::RateLimit::Messages);
             return Err(ChatError::RateLimited);
         }
         let now = now_ms();
@@ -45,12 +49,18 @@ impl ChatService {
             timestamp: now,
             client_message_id: cmd.client_message_id,
         };
-        let appended = self.store.append(message).await?;
+        let started = Instant::now();
+        let appended = self.store.append(message).await;
+        self.metrics.durable_write.observe(started.elapsed());
+        let appended = appended?;
         let sent = Sent {
             message_id: appended.message.message_id.clone(),
             timestamp: appended.message.timestamp,
         };
-        if !appended.duplicate {
+        if appended.duplicate {
+            self.metrics.messages_duplicate.inc();
+        } else {
+            self.metrics.messages_stored.inc();
             self.publish(RoomEvent::Message(appended.message)).await;
         }
         Ok(sent)

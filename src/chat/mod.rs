@@ -42,6 +42,7 @@ use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::domain::{Member, RoomEvent, RoomId, UserId};
 use crate::events::EventPublisher;
+use crate::metrics::{Metrics, ROOM_EVENTS};
 use crate::presence::Presence;
 use crate::store::MessageStore;
 use rooms::RoomRegistry;
@@ -111,6 +112,10 @@ pub struct ChatService {
     rate: RateLimiter,
     /// (room, user) -> (member, when the typing state expires).
     typing: Mutex<HashMap<(RoomId, UserId), (Member, Instant)>>,
+    metrics: Arc<Metrics>,
+    /// Authenticated sessions per user on this instance (`chat_authenticated_users`); touched
+    /// on authentication and disconnect only.
+    users: Mutex<HashMap<UserId, u32>>,
 }
 
 impl ChatService {
@@ -121,6 +126,7 @@ impl ChatService {
         presence: Arc<dyn Presence>,
         auth: Arc<dyn Authenticator>,
         registry: Arc<RoomRegistry>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let rate = RateLimiter::new(cfg.rate_limit_per_sec, cfg.rate_limit_burst);
         Self {
@@ -133,7 +139,14 @@ impl ChatService {
             events: None,
             rate,
             typing: Mutex::new(HashMap::new()),
+            metrics,
+            users: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The instance's metrics registry (the transports count their sessions into it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Reports the notification broker in `/ready` (as `rabbitmq`). The events themselves
@@ -154,12 +167,29 @@ impl ChatService {
     /// Hands a room event to the bus; on a bus failure, local members still get it.
     async fn publish(&self, event: RoomEvent) {
         let event = Arc::new(event);
+        self.metrics.bus_published[event_kind(&event)].inc();
         if let Err(e) = self.bus.publish(event.clone()).await {
             // Members on this instance still get it; other instances miss it until the bus
             // is back (the durable store keeps messages for `since` resume).
             tracing::warn!(cause = %e, "bus publish failed, delivering locally only");
             crate::bus::BusHandler::on_event(&*self.registry, event);
         }
+    }
+
+    /// A session authenticated (`true`) or went away (`false`): the authenticated gauges.
+    fn count_user(&self, user: &UserId, authenticated: bool) {
+        let mut users = self.users.lock();
+        if authenticated {
+            *users.entry(user.clone()).or_default() += 1;
+            self.metrics.authenticated_connections.inc();
+        } else if let Some(n) = users.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(user);
+            }
+            self.metrics.authenticated_connections.dec();
+        }
+        self.metrics.authenticated_users.set(users.len() as i64);
     }
 
     pub async fn readiness(&self) -> Vec<DependencyStatus> {
@@ -194,4 +224,16 @@ impl ChatService {
         }
         deps
     }
+}
+
+/// The index of a room event's kind in `metrics::ROOM_EVENTS`.
+pub(crate) fn event_kind(event: &RoomEvent) -> usize {
+    let kind = match event {
+        RoomEvent::Message(_) => 0,
+        RoomEvent::Joined { .. } => 1,
+        RoomEvent::Left { .. } => 2,
+        RoomEvent::Typing { .. } => 3,
+    };
+    debug_assert!(kind < ROOM_EVENTS.len());
+    kind
 }

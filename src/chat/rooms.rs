@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
@@ -12,20 +13,25 @@ use super::conn::{ClientSink, SinkError};
 use super::wire::{self, ServerEvent};
 use crate::bus::BusHandler;
 use crate::domain::{ConnId, RoomEvent, RoomId, UserId};
+use crate::metrics::Metrics;
 
 struct Entry {
     user: UserId,
     sink: Arc<dyn ClientSink>,
 }
 
-#[derive(Default)]
 pub struct RoomRegistry {
     rooms: RwLock<HashMap<RoomId, HashMap<ConnId, Entry>>>,
+    /// Deliveries, bus events received, delivery latency.
+    metrics: Arc<Metrics>,
 }
 
 impl RoomRegistry {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            rooms: RwLock::default(),
+            metrics,
+        }
     }
 
     /// Adds a connection to a room; returns true when it is the room's first local connection
@@ -73,6 +79,7 @@ impl RoomRegistry {
 
     fn deliver(&self, room: &RoomId, event: &Arc<ServerEvent>, skip_user: Option<&UserId>) {
         let mut slow = Vec::new();
+        let mut delivered = 0;
         {
             let rooms = self.rooms.read();
             let Some(conns) = rooms.get(room) else {
@@ -82,11 +89,15 @@ impl RoomRegistry {
                 if skip_user == Some(&entry.user) {
                     continue;
                 }
-                if let Err(SinkError::Full) = entry.sink.send(event) {
-                    slow.push(entry.sink.clone());
+                match entry.sink.send(event) {
+                    Ok(()) => delivered += 1,
+                    Err(SinkError::Full) => slow.push(entry.sink.clone()),
+                    Err(SinkError::Closed) => {}
                 }
             }
         }
+        // One add per broadcast, not one per recipient.
+        self.metrics.deliveries.add(delivered);
         for sink in slow {
             tracing::warn!(room = %room, "disconnecting a slow consumer (outbound queue full)");
             sink.close();
@@ -129,7 +140,19 @@ pub(crate) fn to_client_event(event: &RoomEvent) -> (ServerEvent, Option<&UserId
 
 impl BusHandler for RoomRegistry {
     fn on_event(&self, event: Arc<RoomEvent>) {
+        self.metrics.bus_received[super::event_kind(&event)].inc();
         let (client_event, skip) = to_client_event(&event);
         self.deliver(event.room_id(), &Arc::new(client_event), skip);
+        if let RoomEvent::Message(m) = &*event {
+            // From the message's timestamp (epoch ms, taken before its durable write); across
+            // instances this includes the bus and the clocks' difference.
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            let waited = now_us.saturating_sub(m.timestamp.saturating_mul(1000));
+            self.metrics
+                .delivery_latency
+                .observe(Duration::from_micros(waited));
+        }
     }
 }

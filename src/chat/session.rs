@@ -118,6 +118,7 @@ impl ChatService {
             *tokens -= 1.0;
             Ok(())
         } else {
+            self.metrics.rate_limited(crate::metrics::RateLimit::Events);
             Err(ChatError::RateLimited)
         }
     }
@@ -209,6 +210,7 @@ impl ChatService {
                     return Err(ChatError::TooManyConnections);
                 }
                 tracing::debug!(user = %identity.user_id, conn = %s.conn, "authenticated");
+                self.count_user(&identity.user_id, true);
             }
         }
         s.identity = Some(identity.clone());
@@ -223,6 +225,7 @@ impl ChatService {
         let Some(me) = s.identity.take() else {
             return;
         };
+        self.count_user(&me.user_id, false);
         // The connection slot is released first, so once others see `user_left` the user can
         // connect again.
         match self.presence.disconnect(&me.user_id, s.conn).await {

@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::EventPublisher;
-use crate::store::MessageStore;
+use crate::domain::now_ms;
+use crate::metrics::OutboxStats;
+use crate::store::{MessageStore, OutboxEntry};
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -45,6 +47,8 @@ pub struct OutboxRelay {
     store: Arc<dyn MessageStore>,
     publisher: Arc<dyn EventPublisher>,
     cfg: RelayConfig,
+    /// Depth, oldest age, confirms, failures, broker up (`GET /metrics`).
+    stats: Arc<OutboxStats>,
 }
 
 struct Backoff {
@@ -77,7 +81,38 @@ impl OutboxRelay {
             store,
             publisher,
             cfg,
+            stats: Arc::default(),
         }
+    }
+
+    /// The relay's figures, for the metrics registry.
+    pub fn stats(&self) -> Arc<OutboxStats> {
+        self.stats.clone()
+    }
+
+    /// What the relay sees in the outbox: its depth (counted by the store only when the read
+    /// was full) and the age of its oldest entry.
+    async fn observe(&self, entries: &[OutboxEntry]) {
+        let depth = if entries.len() < self.cfg.batch {
+            Some(entries.len() as u64)
+        } else {
+            self.store.outbox_len().await.ok()
+        };
+        if let Some(depth) = depth {
+            self.stats.depth.set(depth as i64);
+        }
+        let age = entries
+            .first()
+            .map_or(0, |e| now_ms().saturating_sub(e.timestamp));
+        self.stats
+            .oldest_age_ms
+            .store(age, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn broker_up(&self, up: bool) {
+        self.stats
+            .broker_up
+            .store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs until `stop` is cancelled and the outbox is flushed (or a publish fails then).
@@ -102,12 +137,15 @@ impl OutboxRelay {
                     continue;
                 }
             };
+            self.observe(&entries).await;
             if entries.is_empty() {
                 if stopping {
                     tracing::info!("outbox relay: flushed");
                     return;
                 }
-                if self.publisher.ping().await.is_err() {
+                let up = self.publisher.ping().await.is_ok();
+                self.broker_up(up);
+                if !up {
                     match self.publisher.connect().await {
                         Ok(()) => self.recovered(&mut backoff),
                         Err(e) => {
@@ -126,6 +164,7 @@ impl OutboxRelay {
             }
             match self.publisher.publish_batch(&entries).await {
                 Ok(()) => {
+                    self.stats.confirmed.add(entries.len() as u64);
                     self.recovered(&mut backoff);
                     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
                     if let Err(e) = self.store.outbox_mark_sent(&seqs).await {
@@ -138,6 +177,7 @@ impl OutboxRelay {
                     }
                 }
                 Err(e) => {
+                    self.stats.failures.inc();
                     if stopping {
                         let left = self.store.outbox_len().await.unwrap_or(0);
                         tracing::warn!(error = %e, pending = left, "outbox relay: stopping with events pending; they are sent after the next start");
@@ -151,6 +191,7 @@ impl OutboxRelay {
     }
 
     fn failed(&self, backoff: &mut Backoff, error: &str) {
+        self.broker_up(false);
         if !backoff.failing {
             backoff.failing = true;
             tracing::warn!(%error, "notification broker unavailable: events wait in the outbox and are retried");
@@ -160,6 +201,7 @@ impl OutboxRelay {
     }
 
     fn recovered(&self, backoff: &mut Backoff) {
+        self.broker_up(true);
         backoff.reset();
         if backoff.failing {
             backoff.failing = false;

@@ -11,6 +11,8 @@
 //! - `rows.rs`: SQL rows as messages, rooms and outbox entries (embedded and PostgreSQL).
 //! - `redis_cache.rs`: [`redis_cache::RedisCachedStore`], the Redis history cache in front of
 //!   any store.
+//! - `metered.rs`: [`metered::MeteredStore`], the decorator of the durable store that counts
+//!   its history reads and errors for the metrics.
 //! - `conformance/`: the suite every backend passes.
 //!
 //! # Contract (every backend)
@@ -57,6 +59,7 @@
 pub(crate) mod batch;
 pub mod conformance;
 pub mod embedded;
+pub mod metered;
 pub mod mongo;
 pub mod postgres;
 pub mod redis_cache;

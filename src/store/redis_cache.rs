@@ -30,9 +30,12 @@ use tokio::sync::Notify;
 
 use super::{Appended, MessageStore, OutboxEntry, StoreError};
 use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId};
+use crate::metrics::HistoryCacheStats;
 
 pub struct RedisCachedStore {
     inner: Arc<dyn MessageStore>,
+    /// Reads answered from the list alone (`chat_history_reads_total{source="cache"}`).
+    stats: Arc<HistoryCacheStats>,
     conn: ConnectionManager,
     max: usize,
     ttl: Duration,
@@ -85,11 +88,17 @@ impl RedisCachedStore {
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok(Self {
             inner,
+            stats: Arc::default(),
             conn,
             max,
             ttl,
             stale: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The cache's figures, for the metrics registry.
+    pub fn stats(&self) -> Arc<HistoryCacheStats> {
+        self.stats.clone()
     }
 
     /// Whether the room's list may be used; deletes it first when a write to it failed.
@@ -227,7 +236,10 @@ impl MessageStore for RedisCachedStore {
     ) -> Result<Vec<Message>, StoreError> {
         match before {
             None => match self.newest(room, limit).await {
-                Some((cached, len)) if len >= limit && cached.len() >= limit => Ok(cached),
+                Some((cached, len)) if len >= limit && cached.len() >= limit => {
+                    self.stats.hits.inc();
+                    Ok(cached)
+                }
                 Some((cached, _)) => {
                     let durable = self.inner.history(room, limit, None).await?;
                     Ok(merge(cached, durable, limit))
@@ -246,6 +258,7 @@ impl MessageStore for RedisCachedStore {
                 cached.truncate(pos);
                 if cached.len() >= limit {
                     let skip = cached.len() - limit;
+                    self.stats.hits.inc();
                     return Ok(cached.split_off(skip));
                 }
                 let durable = match self.inner.history(room, limit, before).await {
@@ -279,6 +292,7 @@ impl MessageStore for RedisCachedStore {
         {
             let mut rest = all.split_off(pos + 1);
             rest.truncate(limit);
+            self.stats.hits.inc();
             return Ok(Some(rest));
         }
         self.inner.after(room, after, limit).await

@@ -25,8 +25,21 @@ use serde_json::{Value, json};
 use crate::chat::{ChatError, ChatService, Session, wire};
 use dto::Inbound;
 
-/// Runs one client event and returns the fields of its success ack.
+/// Runs one client event and returns the fields of its success ack; counts it by event and
+/// outcome (`chat_events_total`).
 pub async fn dispatch(
+    chat: &ChatService,
+    session: &mut Session,
+    event: &str,
+    data: Result<Value, String>,
+) -> Result<Value, ChatError> {
+    let result = run_event(chat, session, event, data).await;
+    chat.metrics()
+        .event(event, result.as_ref().err().map(ChatError::code));
+    result
+}
+
+async fn run_event(
     chat: &ChatService,
     session: &mut Session,
     event: &str,

@@ -183,6 +183,14 @@ async fn slow_consumer_is_disconnected(raw_ws: bool) {
     }
     let left = fast.event("user_left").await;
     assert_eq!(left["userId"], "slow");
+    let transport = if raw_ws { "raw" } else { "socketio" };
+    crate::metrics::wait_for(
+        &app,
+        "chat_connections_closed_total",
+        &[("transport", transport), ("reason", "slow_consumer")],
+        1.0,
+    )
+    .await;
     drop(stalled);
     // The sender kept being served throughout.
     fast.say("flood", "after").await;

@@ -474,6 +474,7 @@ async fn the_document_is_served_at_both_paths_and_lists_every_route() {
             "/api/chat/{roomId}/history",
             "/api/openapi.json",
             "/health",
+            "/metrics",
             "/ready",
         ]
     );

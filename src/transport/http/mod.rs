@@ -1,9 +1,10 @@
-//! REST (SPEC 4): health and readiness, message history, rooms, and the OpenAPI document
-//! (`openapi.rs`). Every route lives under `/api/chat/...` and, for the gateway example of the
+//! REST (SPEC 4): health and readiness, message history, rooms, the OpenAPI document
+//! (`openapi.rs`) and the Prometheus metrics (`metrics.rs`). Every route lives under `/api/chat/...` and, for the gateway example of the
 //! old README, also under `/chat/...`. Handlers are thin: extract, call one `ChatService`
 //! method, map.
 
 mod error;
+mod metrics;
 mod openapi;
 
 use std::collections::HashMap;
@@ -26,6 +27,8 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct HttpState {
     pub chat: Arc<ChatService>,
+    /// `METRICS_TOKEN`: the bearer token `GET /metrics` requires (`None`: open).
+    pub metrics_token: Option<Arc<str>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -35,6 +38,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/{room_id}/history", get(history));
     let document = Bytes::from(openapi::document(
         state.chat.authenticator().requires_token(),
+        state.metrics_token.is_some(),
     ));
     let openapi = get(move || async move {
         ([(header::CONTENT_TYPE, "application/json")], document).into_response()
@@ -42,6 +46,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/openapi.json", openapi.clone())
         .route("/openapi.json", openapi)
         .nest("/api/chat", chat_routes.clone())

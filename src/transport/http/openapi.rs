@@ -5,6 +5,8 @@
 //! a token-checking `AUTH_MODE` (`jwt`, `grpc`) that is the `bearer` security scheme; with
 //! `AUTH_MODE=none` it is the `X-User-Id` / `X-Username` header parameters, which are claims
 //! the server trusts rather than credentials, so that variant declares no security at all.
+//! `GET /metrics` has its own scheme, `metricsToken`, declared only by an instance that sets
+//! `METRICS_TOKEN` (else the operation declares no security and no 401).
 
 use serde_json::Value;
 
@@ -13,8 +15,9 @@ const SOURCE: &str = include_str!("openapi.json");
 /// The header parameters of `AUTH_MODE=none` (under `components/parameters`).
 const IDENTITY_HEADERS: [&str; 3] = ["XUserIdRequired", "XUserId", "XUsername"];
 
-/// The document an instance serves: `requires_token` is its authenticator's.
-pub fn document(requires_token: bool) -> String {
+/// The document an instance serves: `requires_token` is its authenticator's, `metrics_token`
+/// whether it sets `METRICS_TOKEN`.
+pub fn document(requires_token: bool, metrics_token: bool) -> String {
     let mut doc: Value = serde_json::from_str(SOURCE).expect("openapi.json is valid JSON");
     if requires_token {
         let refs: Vec<String> = IDENTITY_HEADERS
@@ -37,11 +40,36 @@ pub fn document(requires_token: bool) -> String {
     } else {
         doc.as_object_mut().map(|o| o.remove("security"));
         for operation in operations(&mut doc) {
-            operation.as_object_mut().map(|o| o.remove("security"));
+            // Every requirement but the metrics token's goes (it is handled below).
+            let metrics = operation["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("metricsToken").is_some()));
+            if !metrics {
+                operation.as_object_mut().map(|o| o.remove("security"));
+            }
         }
-        if let Some(Value::Object(components)) = doc.get_mut("components") {
-            components.remove("securitySchemes");
+        if let Some(Value::Object(schemes)) = doc.pointer_mut("/components/securitySchemes") {
+            schemes.remove("bearer");
         }
+    }
+    if !metrics_token {
+        if let Some(Value::Object(metrics)) = doc.pointer_mut("/paths/~1metrics/get") {
+            metrics.insert("security".into(), Value::Array(Vec::new()));
+            if let Some(Value::Object(responses)) = metrics.get_mut("responses") {
+                responses.remove("401");
+            }
+        }
+        if let Some(Value::Object(schemes)) = doc.pointer_mut("/components/securitySchemes") {
+            schemes.remove("metricsToken");
+        }
+    }
+    if doc
+        .pointer("/components/securitySchemes")
+        .and_then(Value::as_object)
+        .is_some_and(|schemes| schemes.is_empty())
+        && let Some(Value::Object(components)) = doc.get_mut("components")
+    {
+        components.remove("securitySchemes");
     }
     serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
 }

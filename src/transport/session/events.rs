@@ -17,6 +17,7 @@ use crate::auth::Credentials;
 use crate::chat::conn::ClientSink;
 use crate::chat::wire::{self, ServerEvent};
 use crate::chat::{ChatError, ChatService, Deadline, Session};
+use crate::metrics::{CloseReason, Metrics};
 use crate::transport::{ack_body, dispatch};
 
 /// Events a connection may have waiting; past this (or `MAX_PENDING_BYTES`) the session stops
@@ -100,6 +101,8 @@ pub struct Conn<C> {
     pending_bytes: usize,
     /// The id the client sees (Socket.IO's `socket.id`), also in the session.
     socket_id: Arc<str>,
+    /// Why the chat asked to close the session (a limit, the authentication timeout).
+    pub(super) closing: Option<CloseReason>,
     codec: PhantomData<fn() -> C>,
 }
 
@@ -114,8 +117,13 @@ impl<C: Codec> Conn<C> {
             running: None,
             pending: VecDeque::new(),
             pending_bytes: 0,
+            closing: None,
             codec: PhantomData,
         }
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        self.chat.metrics()
     }
 
     /// The id the client sees: Socket.IO's `socket.id`, the `sid` of its CONNECT answer.
@@ -242,6 +250,7 @@ impl<C: Codec> Conn<C> {
         if let Err(e) = result
             && e.closes_connection()
         {
+            self.closing.get_or_insert(CloseReason::Limit);
             self.sink.close();
         }
     }
@@ -261,6 +270,7 @@ impl<C: Codec> Conn<C> {
             Some(Deadline::Notify(e)) => self.emit_error(&e),
             Some(Deadline::Close(e)) => {
                 self.emit_error(&e);
+                self.closing.get_or_insert(CloseReason::Timeout);
                 self.sink.close();
             }
             None => {}

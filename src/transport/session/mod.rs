@@ -46,6 +46,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::chat::ChatService;
 use crate::chat::wire::ServerEvent;
+use crate::metrics::{CloseReason, Transport};
 use crate::transport::sleep_until_deadline;
 
 /// A random id of 20 URL-safe characters, the shape of Engine.IO's `sid` and Socket.IO's
@@ -116,6 +117,8 @@ pub trait Codec: Sized + Send + 'static {
     fn disconnect_frame() -> Option<Utf8Bytes>;
     /// The reason of the WebSocket close frame.
     const CLOSE_REASON: &'static str;
+    /// The `transport` label of this protocol's sessions on a WebSocket.
+    const WS_TRANSPORT: Transport = Transport::SocketIo;
 }
 
 /// What a carrier brought.
@@ -179,6 +182,10 @@ pub trait Carrier: Send + 'static {
     /// carrier that other requests reach (polling) stops admitting them when the client
     /// ended the session.
     fn ending(&mut self, _end: End) {}
+    /// Whether the session is on long-polling now (the `transport` label).
+    fn polling(&self) -> bool {
+        false
+    }
     /// Closes the carrier once the session has ended and its outbox is sealed (`slow`: the
     /// client was cut off as a slow consumer; nothing more is written to it).
     fn close<C: Codec>(
@@ -214,6 +221,10 @@ async fn run_from<C: Codec, K: Carrier>(
     mut carrier: K,
 ) {
     let mut conn = Conn::<C>::new(chat, sink);
+    conn.metrics()
+        .connection_opened(transport_of::<C>(carrier.polling()));
+    // Why the client's side ended it, when the loop knows better than `End::Client`.
+    let mut timed_out = None;
     let mut connect_deadline = started + cfg.connect_timeout;
     let mut was_ready = false;
     let heartbeat = tokio::time::sleep_until(started + cfg.ping_interval);
@@ -258,6 +269,7 @@ async fn run_from<C: Codec, K: Carrier>(
                 }
                 if awaiting_pong {
                     tracing::debug!("session: no pong in time, closing");
+                    timed_out = Some(CloseReason::PingTimeout);
                     break End::Client;
                 }
                 conn.queue(C::ping());
@@ -271,6 +283,7 @@ async fn run_from<C: Codec, K: Carrier>(
             () = sleep_until_deadline(deadline) => {
                 if !codec.ready() {
                     tracing::debug!("session: no connect in time, closing");
+                    timed_out = Some(CloseReason::Timeout);
                     break End::Client;
                 }
                 conn.deadline_passed();
@@ -291,7 +304,16 @@ async fn run_from<C: Codec, K: Carrier>(
         }
     };
     carrier.ending(end);
-    Box::pin(close(codec, conn, carrier, end)).await;
+    Box::pin(close(codec, conn, carrier, end, timed_out)).await;
+}
+
+/// The `transport` label of a session of codec `C`.
+fn transport_of<C: Codec>(polling: bool) -> Transport {
+    if polling {
+        Transport::Polling
+    } else {
+        C::WS_TRANSPORT
+    }
 }
 
 fn on_input<C: Codec>(codec: &mut C, conn: &mut Conn<C>, input: Input) -> Step {
@@ -301,6 +323,7 @@ fn on_input<C: Codec>(codec: &mut C, conn: &mut Conn<C>, input: Input) -> Step {
         Input::Binary(data) => codec.on_binary(data, conn),
         Input::Control => codec.on_control(),
         Input::Upgraded => {
+            conn.metrics().connection_upgraded();
             // What waits in the outbox goes out on the new carrier now.
             conn.sink.wake.notify_one();
             Step::Continue
@@ -313,8 +336,15 @@ fn on_input<C: Codec>(codec: &mut C, conn: &mut Conn<C>, input: Input) -> Step {
 
 /// Ends the session: input the client was told had arrived runs (unless the server closed
 /// the session), then the events, the chat forgets the connection, and the carrier closes
-/// after what is queued for the client.
-async fn close<C: Codec, K: Carrier>(mut codec: C, mut conn: Conn<C>, mut carrier: K, end: End) {
+/// after what is queued for the client. Counted in `chat_connections_closed_total` with why
+/// (`timed_out`: the loop's heartbeat or connect timer ended it).
+async fn close<C: Codec, K: Carrier>(
+    mut codec: C,
+    mut conn: Conn<C>,
+    mut carrier: K,
+    end: End,
+    timed_out: Option<CloseReason>,
+) {
     if end != End::Server {
         while let Some(input) = carrier.accepted() {
             if on_input(&mut codec, &mut conn, input) == Step::Close {
@@ -324,5 +354,13 @@ async fn close<C: Codec, K: Carrier>(mut codec: C, mut conn: Conn<C>, mut carrie
     }
     conn.finish_all(end != End::Server).await;
     let slow = conn.sink.seal(end == End::Server);
+    let reason = match end {
+        End::Shutdown => CloseReason::Shutdown,
+        End::Client => timed_out.unwrap_or(CloseReason::Client),
+        End::Server if slow => CloseReason::SlowConsumer,
+        End::Server => conn.closing.unwrap_or(CloseReason::Server),
+    };
+    conn.metrics()
+        .connection_closed(transport_of::<C>(carrier.polling()), reason);
     carrier.close::<C>(&conn.sink, end, slow).await;
 }

@@ -145,6 +145,10 @@ impl Carrier for PollCarrier {
         matches!(self.transport, Transport::Ws(_))
     }
 
+    fn polling(&self) -> bool {
+        matches!(self.transport, Transport::Polling(_))
+    }
+
     async fn write<C: Codec>(&mut self, frames: &mut VecDeque<Out>, kill: &Notify) -> Written {
         match &mut self.transport {
             Transport::Ws(ws) => write_frames::<C>(ws, frames, kill).await,

@@ -147,6 +147,7 @@ impl Codec for RawCodec {
     }
 
     const CLOSE_REASON: &'static str = "closed by server";
+    const WS_TRANSPORT: crate::metrics::Transport = crate::metrics::Transport::Raw;
 }
 
 /// `{"event":"ack","id":ID,"data":{...}}`, keys in that order for human readers (wscat).
