@@ -112,7 +112,16 @@ async fn database_outage_fails_sends_fast_shows_in_ready_and_heals_by_itself() {
 #[tokio::test]
 async fn two_instances_on_one_database_never_deadlock() {
     let url = pg_url();
-    let args = ["--storage", "postgres", "--database-url", url.as_str()];
+    let args = [
+        "--storage",
+        "postgres",
+        "--database-url",
+        url.as_str(),
+        "--rate-limit-per-sec",
+        "0",
+        "--event-rate-limit-per-sec",
+        "0",
+    ];
     let (a, b) = (spawn_app_with(&args).await, spawn_app_with(&args).await);
     let rooms: Vec<String> = (0..12).map(|_| unique("pgdl")).collect();
     let mut tasks = Vec::new();
