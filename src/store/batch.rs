@@ -7,9 +7,9 @@
 //!   and returns once the writer has stopped.
 //! - [`ApplyBatch`] is the backend's end: what "apply this batch" means (a transaction, a
 //!   deadline, an `insertMany`, ...) and what to release when the writer stops. The writer is
-//!   a tokio task here; the queue's protocol ([`Queued`], [`split`], [`stop`]) does not depend
-//!   on that, so a backend may later drive the same queue from an OS thread of its own
-//!   (`blocking_recv`) without changing its callers.
+//!   a tokio task (`Writes::start`) or an OS thread of its own (`Writes::start_thread`, for a
+//!   backend whose calls block: the embedded store's SQLite connection); the queue's protocol
+//!   ([`Queued`], [`split`], [`stop`]) and the callers are the same either way.
 //! - [`Write`] lists the writes of the transactional backends (embedded, PostgreSQL), with the
 //!   channel each caller awaits; [`apply_in_order`] hands them to a backend's [`Transaction`]
 //!   (its connection, inside the batch's transaction) in queue order, consecutive appends as
@@ -89,6 +89,25 @@ impl<Op: Send + 'static> Writes<Op> {
         }
     }
 
+    /// Starts the writer of `backend` on an OS thread of its own, named `name`: the thread
+    /// blocks on the queue and applies each batch with `block_on`, so `backend.apply` must not
+    /// wait on the tokio runtime (a backend whose calls block, e.g. a synchronous SQLite
+    /// connection). A write then costs its caller one queue send and one reply, and no tokio
+    /// task sits between the queue and the database.
+    pub(crate) fn start_thread<B: ApplyBatch<Op = Op>>(
+        backend: B,
+        name: &str,
+    ) -> std::io::Result<Self> {
+        let (queue, rx) = mpsc::channel(B::QUEUE);
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || run_blocking(backend, rx))?;
+        Ok(Self {
+            queue,
+            store: B::STORE,
+        })
+    }
+
     /// Queues the write `make` builds around its reply channel and awaits its answer.
     pub(crate) async fn submit<T>(
         &self,
@@ -158,6 +177,24 @@ async fn run<B: ApplyBatch>(mut backend: B, mut rx: mpsc::Receiver<Queued<B::Op>
         }
     }
     backend.finish().await;
+}
+
+/// The writer thread of `start_thread`: the loop of `run`, blocking.
+fn run_blocking<B: ApplyBatch>(mut backend: B, mut rx: mpsc::Receiver<Queued<B::Op>>) {
+    let mut batch = Vec::with_capacity(B::MAX_BATCH);
+    while rx.blocking_recv_many(&mut batch, B::MAX_BATCH) > 0 {
+        let (ops, close) = split(&mut batch);
+        if !ops.is_empty() {
+            futures::executor::block_on(backend.apply(ops));
+        }
+        if let Some(done) = close {
+            stop(&mut rx);
+            futures::executor::block_on(backend.finish());
+            let _ = done.send(());
+            return;
+        }
+    }
+    futures::executor::block_on(backend.finish());
 }
 
 /// The writes of a batch taken from the queue, and the close request among them.

@@ -76,3 +76,207 @@ async fn embedded_store_keeps_its_wal_short_under_sustained_commits() {
     );
     store.close().await;
 }
+
+/// The tables of the embedded store as the sqlx writer (main before the rusqlite writer) created
+/// them: a frozen copy, so that a later change of `schema.rs` cannot make this test pass by
+/// changing both sides.
+const SCHEMA_BEFORE_RUSQLITE: &[&str] = &[
+    "CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL UNIQUE,
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        message TEXT NOT NULL,
+        message_type TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        client_message_id TEXT
+    )",
+    "CREATE INDEX messages_room_seq ON messages(room_id, seq)",
+    "CREATE UNIQUE INDEX messages_idempotency
+        ON messages(room_id, user_id, client_message_id) WHERE client_message_id IS NOT NULL",
+    "CREATE TABLE rooms (
+        room_id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        private INTEGER NOT NULL,
+        pair_key TEXT UNIQUE,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_content TEXT,
+        last_timestamp INTEGER,
+        last_sender TEXT
+    )",
+    "CREATE TABLE room_participants (
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID",
+    "CREATE INDEX room_participants_user ON room_participants(user_id)",
+    "CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        sender_id TEXT NOT NULL,
+        receiver_id TEXT,
+        receiver_ids TEXT NOT NULL,
+        message TEXT NOT NULL,
+        timestamp INTEGER NOT NULL
+    )",
+];
+
+/// A database written through sqlx (as the store wrote it before its writer moved to rusqlite)
+/// and copied while that connection was still open, its last commits only in the WAL (as after
+/// a crash), opens with its messages, idempotency keys, rooms and outbox, and takes new writes
+/// after them.
+#[tokio::test]
+async fn embedded_store_opens_a_database_written_by_the_sqlx_writer() {
+    use std::str::FromStr;
+
+    use chat_service::domain::{
+        ClientMessageId, Message, MessageBody, MessageId, MessageType, RoomId, UserId, Username,
+        now_ms,
+    };
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
+
+    let written = tempfile::tempdir().expect("temp dir");
+    let options = SqliteConnectOptions::from_str("sqlite://")
+        .unwrap()
+        .filename(written.path().join("chat.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .pragma("wal_autocheckpoint", "0");
+    let mut old = SqliteConnection::connect_with(&options)
+        .await
+        .expect("sqlx opens");
+    for stmt in SCHEMA_BEFORE_RUSQLITE {
+        sqlx::query(*stmt).execute(&mut old).await.expect("schema");
+    }
+    let t0 = now_ms() - 10_000;
+    let ids: Vec<String> = (0..3)
+        .map(|i| MessageId::generate(t0 + i).as_str().to_string())
+        .collect();
+    sqlx::query(
+        "INSERT INTO rooms (room_id, type, private, created_at, updated_at, last_content,
+            last_timestamp, last_sender) VALUES ('old-room', 'group', 0, ?1, ?1, 'old 2', ?1, 'alice')",
+    )
+    .bind(t0 as i64)
+    .execute(&mut old)
+    .await
+    .expect("room");
+    for user in ["alice", "bob"] {
+        sqlx::query("INSERT INTO room_participants (room_id, user_id) VALUES ('old-room', ?)")
+            .bind(user)
+            .execute(&mut old)
+            .await
+            .expect("participant");
+    }
+    for (i, id) in ids.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
+                timestamp, created_at, client_message_id)
+             VALUES (?, 'old-room', 'alice', 'Alice', ?, 'text', ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(format!("old {i}"))
+        .bind((t0 + i as u64) as i64)
+        .bind(t0 as i64)
+        .bind(format!("client-{i}"))
+        .execute(&mut old)
+        .await
+        .expect("message");
+    }
+    sqlx::query(
+        "INSERT INTO outbox (message_id, room_id, sender_id, receiver_id, receiver_ids, message,
+            timestamp) VALUES (?, 'old-room', 'alice', 'bob', '[\"bob\"]', 'old 2', ?)",
+    )
+    .bind(&ids[2])
+    .bind((t0 + 2) as i64)
+    .execute(&mut old)
+    .await
+    .expect("outbox entry");
+    // The copy is what a crash leaves: the commits are in the WAL, not yet in the database.
+    let copy = tempfile::tempdir().expect("temp dir");
+    for file in ["chat.db", "chat.db-wal"] {
+        std::fs::copy(written.path().join(file), copy.path().join(file)).expect("copy");
+    }
+    assert!(
+        std::fs::metadata(copy.path().join("chat.db-wal"))
+            .expect("WAL")
+            .len()
+            > 0,
+        "the copied commits are in the WAL"
+    );
+    old.close().await.expect("close the old connection");
+
+    let outbox = Some(OutboxConfig { max_pending: 100 });
+    let store = EmbeddedStore::open_with(copy.path(), outbox)
+        .await
+        .expect("the new store opens the old file");
+    let room = RoomId::parse("old-room").unwrap();
+    let history = store.history(&room, 10, None).await.expect("history");
+    let texts: Vec<&str> = history.iter().map(|m| m.message.as_str()).collect();
+    assert_eq!(texts, ["old 0", "old 1", "old 2"]);
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
+
+    let alice = UserId::parse("alice").unwrap();
+    let message = |text: &str, client: &str| {
+        let now = now_ms();
+        Message {
+            message_id: MessageId::generate(now),
+            room_id: room.clone(),
+            user_id: alice.clone(),
+            username: Username::parse("Alice").unwrap(),
+            message: MessageBody::parse(text, 4000).unwrap(),
+            message_type: MessageType::Text,
+            timestamp: now,
+            client_message_id: Some(ClientMessageId::parse(client).unwrap()),
+        }
+    };
+    // The old idempotency key holds: a replay returns the stored message.
+    let replay = store
+        .append(message("replayed", "client-1"))
+        .await
+        .expect("replay");
+    assert!(replay.duplicate);
+    assert_eq!(replay.message.message_id.as_str(), ids[1]);
+    assert_eq!(replay.message.message.as_str(), "old 1");
+
+    let new = store
+        .append(message("new 3", "client-3"))
+        .await
+        .expect("append");
+    assert!(!new.duplicate);
+    let old_last = MessageId::parse(&ids[2]).unwrap();
+    let after = store
+        .after(&room, &old_last, 10)
+        .await
+        .expect("after")
+        .expect("the old message is known");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].message_id, new.message.message_id);
+
+    // The outbox keeps the old entry first; the new one follows with the old participants.
+    let pending = store.outbox_pending(10).await.expect("pending");
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].message_id.as_str(), ids[2]);
+    assert_eq!(pending[1].message_id, new.message.message_id);
+    assert_eq!(pending[1].receiver_ids, vec![UserId::parse("bob").unwrap()]);
+    assert!(pending[0].seq < pending[1].seq);
+    let got = store.get_room(&room).await.expect("room").expect("exists");
+    assert_eq!(got.participants.len(), 2);
+    assert_eq!(
+        got.last_message.expect("last message").content.as_str(),
+        "new 3"
+    );
+    store.close().await;
+
+    // And it all survives a restart of the new store.
+    let store = EmbeddedStore::open_with(copy.path(), outbox)
+        .await
+        .expect("reopen");
+    assert_eq!(store.history(&room, 10, None).await.unwrap().len(), 4);
+    assert_eq!(store.outbox_len().await.unwrap(), 2);
+    store.close().await;
+}

@@ -1,30 +1,42 @@
 //! Keeping the WAL short beside the writer. The writer never checkpoints inside a commit
-//! (`wal_autocheckpoint=0`); a checkpointer task on its own connection copies committed WAL
-//! pages into the database file after commits, and the writer finishes a checkpoint itself
-//! only when the WAL has grown past `WAL_FRAMES_LIMIT` (measured: +37% acked appends/s,
-//! BENCHMARKS.md).
+//! (`wal_autocheckpoint=0`); a checkpointer thread on its own connection copies committed WAL
+//! pages into the database file after commits (`PASSIVE`: it never waits for the writer or the
+//! readers, and they never wait for it), and the writer finishes a checkpoint itself only when
+//! the WAL has grown past `WAL_FRAMES_LIMIT` (measured: +37% acked appends/s, BENCHMARKS.md).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use sqlx::sqlite::SqliteConnection;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use rusqlite::{Connection, OpenFlags};
 
-/// Least time between two checkpoints of the checkpointer task.
+use super::sqlite_unavailable;
+
+/// Least time between two checkpoints of the checkpointer thread.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// WAL length (frames of one page) past which the writer finishes a checkpoint itself: 4 MiB
 /// of 4 KiB pages.
 const WAL_FRAMES_LIMIT: i64 = 1024;
 
+/// Opens the checkpointer's connection on the file the writer created.
+pub(super) fn open(file: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
 /// The writer's link to the checkpointer: woken after each commit, stopped when the writer
 /// stops (at close, or when every store handle is dropped).
 pub(super) struct Checkpoints {
-    committed: Arc<Notify>,
+    /// Holds one wake-up; `None` once stopped.
+    wake: Option<SyncSender<()>>,
     wal: Arc<Wal>,
-    task: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 /// The WAL as the last checkpoint found it.
@@ -32,72 +44,98 @@ pub(super) struct Checkpoints {
 struct Wal {
     /// Frames in the WAL.
     frames: AtomicI64,
-    /// Whether the last checkpoint failed (logged when it starts and when it clears: a full
-    /// disk fails every one).
+    /// Whether a warned-about failure has not cleared yet (logged when it starts and when it
+    /// clears, not at every checkpoint).
     failing: AtomicBool,
 }
 
 impl Checkpoints {
-    /// Starts the checkpointer task on `conn`.
-    pub(super) fn start(conn: SqliteConnection) -> Self {
-        let committed = Arc::new(Notify::new());
+    /// Starts the checkpointer thread on `conn`.
+    pub(super) fn start(conn: Connection) -> std::io::Result<Self> {
+        let (wake, woken) = mpsc::sync_channel(1);
         let wal = Arc::new(Wal::default());
-        let task = tokio::spawn(run_checkpointer(conn, committed.clone(), wal.clone()));
-        Self {
-            committed,
+        let thread = {
+            let wal = wal.clone();
+            std::thread::Builder::new()
+                .name("embedded-checkpoint".into())
+                .spawn(move || run_checkpointer(&conn, &woken, &wal))?
+        };
+        Ok(Self {
+            wake: Some(wake),
             wal,
-            task,
-        }
+            thread: Some(thread),
+        })
     }
 
     /// After a commit of the writer (on `conn`).
-    pub(super) async fn committed(&self, conn: &mut SqliteConnection) {
-        self.committed.notify_one();
+    pub(super) fn committed(&self, conn: &Connection) {
+        if let Some(wake) = &self.wake {
+            // Full: a wake-up is already waiting, which covers this commit too.
+            let _ = wake.try_send(());
+        }
         // SQLite restarts the WAL from its start only when a write begins after a checkpoint
         // copied all of it; under steady writes the checkpointer is always a few commits
         // behind, so the WAL would grow without end. Past the limit the writer copies the rest
         // itself (little: the checkpointer did most of it).
         if self.wal.frames.load(Ordering::Relaxed) > WAL_FRAMES_LIMIT {
-            checkpoint(conn, &self.wal).await;
+            checkpoint(conn, &self.wal);
         }
     }
 
-    /// Stops the checkpointer task and waits until it has.
-    pub(super) async fn stop(&mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
+    /// Stops the checkpointer thread and waits until it has.
+    pub(super) fn stop(&mut self) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 impl Drop for Checkpoints {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
-/// Copies committed WAL pages into the database file (`PASSIVE`: never blocks the writer or
-/// readers) after a commit, at most once per `CHECKPOINT_INTERVAL`: each checkpoint costs an
-/// fsync of the database file, and at low rates (many small commits) one per commit would
-/// double the fsyncs. Commits during a checkpoint or the pause wake it once more.
-async fn run_checkpointer(mut conn: SqliteConnection, committed: Arc<Notify>, wal: Arc<Wal>) {
-    loop {
-        committed.notified().await;
-        checkpoint(&mut conn, &wal).await;
-        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+/// Copies committed WAL pages into the database file after a commit, at most once per
+/// `CHECKPOINT_INTERVAL`: each checkpoint costs an fsync of the database file, and at low
+/// rates (many small commits) one per commit would double the fsyncs. Commits during a
+/// checkpoint or the pause wake it once more. Returns when the writer drops its end.
+fn run_checkpointer(conn: &Connection, woken: &mpsc::Receiver<()>, wal: &Wal) {
+    let mut pending = woken.recv().is_ok();
+    while pending {
+        checkpoint(conn, wal);
+        let until = Instant::now() + CHECKPOINT_INTERVAL;
+        pending = false;
+        loop {
+            match woken.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(()) => pending = true,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        if !pending {
+            pending = woken.recv().is_ok();
+        }
     }
 }
 
 /// One `PASSIVE` checkpoint; records the WAL's length in frames.
-async fn checkpoint(conn: &mut SqliteConnection, wal: &Wal) {
-    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(conn)
-        .await
-    {
-        Ok((_, log, _)) => {
+///
+/// A failure that makes the storage unavailable (a full disk, an I/O error) fails the writer's
+/// next commit too, and the writer reports it, once for the whole condition (`batch::Failing`);
+/// the checkpointer then stays quiet (debug), so that one condition is one log line. Other
+/// failures are warned about when they start and when they clear.
+fn checkpoint(conn: &Connection, wal: &Wal) {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+        Ok(log) => {
             wal.frames.store(log, Ordering::Relaxed);
             if wal.failing.swap(false, Ordering::Relaxed) {
                 tracing::info!("embedded store checkpoints again");
             }
+        }
+        Err(e) if sqlite_unavailable(&e) => {
+            tracing::debug!(error = %e, "embedded store checkpoint failed: storage unavailable");
         }
         Err(e) => {
             // At info: the committed data is safe in the WAL, which only grows until a

@@ -1,27 +1,27 @@
 //! `STORAGE=embedded`: an SQLite file (`DATA_DIR/chat.db`, WAL, `synchronous=FULL`), no server.
 //!
-//! Writes go through the group-commit writer (`store::batch`): it takes every queued write at
-//! once and commits them in one transaction, so one fsync covers the whole batch, and each
-//! caller is answered only after that commit. Reads use a small pool of separate connections,
-//! which WAL lets run beside the writer.
+//! Writes go through the group-commit writer (`store::batch`), run on an OS thread of its own
+//! (`Writes::start_thread`) that owns the only connection that writes (rusqlite, on the same
+//! SQLite library sqlx links): it takes every queued write at once, applies them with cached
+//! prepared statements in one `BEGIN IMMEDIATE .. COMMIT`, so one fsync covers the whole batch,
+//! and answers each caller only after that commit. A write costs its caller one queue send and
+//! one reply; no tokio task or sqlx worker thread sits between the queue and SQLite. Reads use
+//! a small sqlx pool of separate read-only connections, which WAL lets run beside the writer.
 //!
-//! Appends: the consecutive appends of a batch are written with a fixed number of statements
-//! (`writes::append_all`: each row set is one JSON array parameter expanded by `json_each`),
-//! not one round trip to SQLite's worker thread per message.
-//!
-//! Outbox: with `OutboxConfig`, `append_all` writes the `outbox` row in the same transaction as
+//! Outbox: with `OutboxConfig`, the writer writes the `outbox` row in the same transaction as
 //! the message (so the group commit covers both with one fsync). The writer is the only
 //! writer, so it keeps the pending count in memory (loaded at open): the `max_pending` check
-//! costs no query, and `outbox_mark_sent` goes through the same queue (one `DELETE` per batch).
+//! costs no query, and `outbox_mark_sent` goes through the same queue.
 //!
 //! # Map
 //! - `mod.rs`: [`EmbeddedStore`]: opening (connections, pragmas, writer and checkpointer) and
 //!   the `MessageStore` impl, which queues writes and hands reads to `reads` / `outbox`.
 //! - `schema.rs`: the tables and indexes, created at open.
-//! - `writes.rs`: the writer's batch: one transaction, appends, room creation, members.
+//! - `writes.rs`: the writer: its connection, the batch's transaction, appends, room creation,
+//!   members.
 //! - `reads.rs`: history, `after`, rooms.
 //! - `outbox.rs`: the entries written beside their messages, pending entries, marking sent.
-//! - `checkpoint.rs`: the checkpointer task that keeps the WAL short beside the writer.
+//! - `checkpoint.rs`: the checkpointer thread that keeps the WAL short beside the writer.
 
 mod checkpoint;
 mod outbox;
@@ -36,23 +36,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Connection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use tokio::sync::Notify;
 
 use super::batch::{OutboxState, Write, Writes};
+use super::rows::Columns;
 use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError};
 use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId};
-
-/// The writer's page cache (`PRAGMA cache_size`, negative = KiB): 64 MiB.
-const WRITER_CACHE: &str = "-65536";
-
-/// The WAL file is cut back to this size (bytes) when SQLite restarts it after a checkpoint
-/// (`PRAGMA journal_size_limit`); without it the file keeps its largest size.
-const WAL_SIZE_LIMIT: &str = "16777216";
 
 pub struct EmbeddedStore {
     writes: Writes<Write>,
@@ -60,21 +52,65 @@ pub struct EmbeddedStore {
     outbox: Arc<OutboxState>,
 }
 
-/// SQLite's errors: a full disk, an I/O error, a file that cannot be opened or written are
-/// the storage being unavailable (the client may retry, and the condition heals once space
-/// or the device comes back); anything else is internal.
+/// SQLite's primary result codes (the low byte of an extended code) that mean the storage is
+/// unavailable: SQLITE_READONLY 8, SQLITE_IOERR 10, SQLITE_FULL 13, SQLITE_CANTOPEN 14.
+fn unavailable_code(code: i64) -> bool {
+    matches!(code & 0xff, 8 | 10 | 13 | 14)
+}
+
+/// SQLite's errors through sqlx (the reads): a full disk, an I/O error, a file that cannot be
+/// opened or written are the storage being unavailable (the client may retry, and the
+/// condition heals once space or the device comes back); anything else is internal.
 fn internal(e: sqlx::Error) -> StoreError {
-    // Primary result codes (the low byte of an extended code): SQLITE_READONLY 8,
-    // SQLITE_IOERR 10, SQLITE_FULL 13, SQLITE_CANTOPEN 14.
     let unavailable = e
         .as_database_error()
         .and_then(|d| d.code())
         .and_then(|c| c.parse::<i64>().ok())
-        .is_some_and(|c| matches!(c & 0xff, 8 | 10 | 13 | 14));
+        .is_some_and(unavailable_code);
     if unavailable {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Internal(e.to_string())
+    }
+}
+
+/// Whether a rusqlite error is the storage being unavailable (see `internal`).
+fn sqlite_unavailable(e: &rusqlite::Error) -> bool {
+    e.sqlite_error()
+        .is_some_and(|f| unavailable_code(i64::from(f.extended_code)))
+}
+
+/// SQLite's errors through rusqlite (the writer and the checkpointer), sorted as `internal`.
+fn sqlite_error(e: rusqlite::Error) -> StoreError {
+    if sqlite_unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+/// A rusqlite row as the shared row decoders (`store::rows`) read it.
+struct Fields<'a, 'r>(&'a rusqlite::Row<'r>);
+
+impl Columns for Fields<'_, '_> {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.0.get(i).map_err(sqlite_error)
+    }
+
+    fn maybe_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.0.get(i).map_err(sqlite_error)
+    }
+
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.0.get(i).map_err(sqlite_error)
+    }
+
+    fn maybe_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.0.get(i).map_err(sqlite_error)
+    }
+
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        self.0.get(i).map_err(sqlite_error)
     }
 }
 
@@ -95,44 +131,41 @@ impl EmbeddedStore {
             StoreError::Unavailable(format!("cannot create DATA_DIR {}: {e}", dir.display()))
         })?;
         let file = dir.join("chat.db");
+        // The writer's connection (WAL, `synchronous=FULL`) creates the file and the schema
+        // before any reader opens it. Opening blocks for a few milliseconds (file, pragmas,
+        // schema): on the blocking pool, not on a runtime worker.
+        let (writer, checkpointer, pending) = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let writer = writes::open(&file).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot open {}: {e}", file.display()))
+                })?;
+                schema::create(&writer)?;
+                let pending = outbox::count(&writer)?;
+                let checkpointer = checkpoint::open(&file).map_err(sqlite_error)?;
+                Ok((writer, checkpointer, pending))
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))??
+        };
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(internal)?
             .filename(&file)
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
-        // SQLite's default page cache is 2 MB, less than the (room, seq) index of a million
-        // messages (no measurable change in store_bench alone; kept for big stores).
-        // The writer never checkpoints (`wal_autocheckpoint=0`): a checkpoint copies the WAL's
-        // pages into the database file, and run by the writer it stalls every commit behind
-        // it. The checkpointer task does it on its own connection (its own thread), beside
-        // the writer.
-        let writer_options = options
-            .clone()
-            .pragma("cache_size", WRITER_CACHE)
-            .pragma("wal_autocheckpoint", "0")
-            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
-        let mut writer = SqliteConnection::connect_with(&writer_options)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", file.display())))?;
-        schema::create(&mut writer).await?;
+            .busy_timeout(Duration::from_secs(5))
+            .read_only(true);
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.clone().read_only(true))
+            .connect_with(options)
             .await
             .map_err(internal)?;
-        let pending = outbox::count(&mut writer).await?;
         let outbox = OutboxState::new(outbox, pending);
-        let checkpointer = SqliteConnection::connect_with(&options)
-            .await
-            .map_err(internal)?;
-        let writes = Writes::start(writes::Writer::new(
-            writer,
-            writer_options,
-            outbox.clone(),
-            checkpoint::Checkpoints::start(checkpointer),
-        ));
+        let checkpoints = checkpoint::Checkpoints::start(checkpointer)
+            .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
+        let writer = writes::Writer::new(writer, file, outbox.clone(), checkpoints);
+        let writes = Writes::start_thread(writer, "embedded-writer")
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             writes,
             reads,

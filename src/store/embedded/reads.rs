@@ -1,7 +1,7 @@
 //! The embedded store's reads, on the pool of read-only connections (WAL lets them run beside
 //! the writer): history pages by `seq`, `after`, rooms with their participants.
 
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::sqlite::SqlitePool;
 
 use super::internal;
 use crate::domain::{Message, MessageId, Room, RoomId, UserId};
@@ -100,23 +100,6 @@ pub(super) async fn room(pool: &SqlitePool, room_id: &str) -> Result<Option<Room
         )?)),
         None => Ok(None),
     }
-}
-
-/// A room the writer knows exists (inside its transaction).
-pub(super) async fn existing_room(
-    conn: &mut SqliteConnection,
-    room_id: &str,
-) -> Result<Room, StoreError> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        room_columns!(""),
-        " FROM rooms WHERE room_id = ?"
-    ))
-    .bind(room_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(internal)?;
-    room_from_row(&row, participants(&mut *conn, room_id).await?)
 }
 
 /// The rooms `user` takes part in, most recently active first (1000 at most).

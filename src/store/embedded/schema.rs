@@ -4,9 +4,9 @@
 //! `messages.seq` orders a room's history; the unique partial index on
 //! `(room_id, user_id, client_message_id)` is the idempotency key.
 
-use sqlx::sqlite::SqliteConnection;
+use rusqlite::Connection;
 
-use super::internal;
+use super::sqlite_error;
 use crate::store::StoreError;
 
 const SCHEMA: &[&str] = &[
@@ -54,13 +54,10 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
-/// Creates what is missing.
-pub(super) async fn create(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+/// Creates what is missing (on the writer's connection, at open).
+pub(super) fn create(conn: &Connection) -> Result<(), StoreError> {
     for stmt in SCHEMA {
-        sqlx::query(*stmt)
-            .execute(&mut *conn)
-            .await
-            .map_err(internal)?;
+        conn.execute(stmt, []).map_err(sqlite_error)?;
     }
     Ok(())
 }

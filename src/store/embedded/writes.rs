@@ -1,33 +1,73 @@
-//! The embedded store's writer: each batch is one SQLite transaction on the writer's own
-//! connection (one fsync), then the checkpointer is told. A run of appends costs a fixed
-//! number of statements, each row set passed as one JSON array parameter and expanded by
-//! `json_each`: the idempotency lookup, the messages (in batch order, so `seq` follows it),
-//! the rooms' `lastMessage`, the outbox entries.
+//! The embedded store's writer: an OS thread of its own (`Writes::start_thread`) that owns the
+//! only connection that writes (rusqlite, on the same SQLite library sqlx links). Each batch
+//! is one `BEGIN IMMEDIATE .. COMMIT` (one fsync of the WAL, `synchronous=FULL`) made of
+//! prepared statements kept in the connection's cache, one execution per row: the idempotency
+//! lookup, the messages (in batch order, so `seq` follows it), each room's `lastMessage`, the
+//! outbox entries. Then the checkpointer is told.
+//!
+//! The statements run on this thread, in this process's memory: a row costs a few
+//! microseconds, so there is no need to pack a run into one statement (the sqlx writer this
+//! replaced encoded every row set as one JSON parameter to save round trips to sqlx's worker
+//! thread; BENCHMARKS.md, "The durable write").
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::checkpoint::Checkpoints;
-use super::{internal, outbox, reads, to_json};
+use super::{Fields, outbox, sqlite_error};
 use crate::domain::{Message, NewRoom, Room, RoomId, UserId, now_ms};
 use crate::store::batch::{
     Answers, AppendRun, ApplyBatch, Failing, OutboxCount, OutboxState, Reply, Transaction, Write,
     apply_in_order, conclude, newest_per_room, refuse,
 };
-use crate::store::rows::{by_key, message_columns};
+use crate::store::rows::{
+    message_columns, message_from_row, room_columns, room_from_row, user_ids,
+};
 use crate::store::{Appended, Key, StoreError, key_of};
+
+/// The writer's page cache (`PRAGMA cache_size`, negative = KiB): 64 MiB. SQLite's default
+/// (2 MB) is less than the (room, seq) index of a million messages.
+const WRITER_CACHE: i64 = -65536;
+
+/// The WAL file is cut back to this size (bytes) when SQLite restarts it after a checkpoint
+/// (`PRAGMA journal_size_limit`); without it the file keeps its largest size.
+const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
+
+/// Prepared statements the connection keeps (every statement of the writer, with room).
+const STATEMENTS: usize = 32;
+
+/// Opens the writer's connection on `file` (created when missing): WAL, `synchronous=FULL`
+/// (the WAL is fsynced at every commit, so a commit is durable when it returns), and no
+/// automatic checkpoint (`wal_autocheckpoint=0`): run by the writer, a checkpoint would stall
+/// every commit behind it; the checkpointer thread does it on its own connection.
+pub(super) fn open(file: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", WRITER_CACHE)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS);
+    Ok(conn)
+}
 
 /// What the writer owns: the only connection that writes.
 pub(super) struct Writer {
     /// `None` after a failed batch: the connection is closed (SQLite rolls back whatever the
-    /// failed transaction left open) and the next batch opens a fresh one. A connection that
-    /// outlived a failed `COMMIT` (a full disk) kept sqlx's transaction depth at 1, so every
-    /// later batch ran as a savepoint of a transaction that never committed: acked, not stored.
-    conn: Option<SqliteConnection>,
-    options: SqliteConnectOptions,
+    /// failed transaction left open, e.g. after a `COMMIT` refused on a full disk) and the
+    /// next batch opens a fresh one, so no batch ever runs inside a transaction left over.
+    conn: Option<Connection>,
+    file: PathBuf,
     outbox: Arc<OutboxState>,
     checkpoints: Checkpoints,
     failing: Failing,
@@ -35,14 +75,14 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(
-        conn: SqliteConnection,
-        options: SqliteConnectOptions,
+        conn: Connection,
+        file: PathBuf,
         outbox: Arc<OutboxState>,
         checkpoints: Checkpoints,
     ) -> Self {
         Self {
             conn: Some(conn),
-            options,
+            file,
             outbox,
             checkpoints,
             failing: Failing::default(),
@@ -55,26 +95,27 @@ impl ApplyBatch for Writer {
     const STORE: &'static str = "embedded";
     const MAX_BATCH: usize = 4096;
 
+    // Runs on the writer thread (`block_on`): nothing here waits on the runtime.
     async fn apply(&mut self, ops: Vec<Write>) {
-        let conn = match self.conn.take() {
+        let mut conn = match self.conn.take() {
             Some(conn) => conn,
-            None => match SqliteConnection::connect_with(&self.options).await {
+            None => match open(&self.file) {
                 Ok(conn) => conn,
                 Err(e) => {
-                    let e = internal(e);
+                    let e = sqlite_error(e);
                     self.failing.fail(Self::STORE, &e);
                     refuse(ops, &e);
                     return;
                 }
             },
         };
-        let mut conn = conn;
         let mut answers = Answers::with_capacity(ops.len());
         let mut count = self.outbox.count();
         let result = async {
-            let mut tx = conn.begin().await.map_err(internal)?;
-            apply_in_order(&mut *tx, ops, &mut count, &mut answers).await?;
-            tx.commit().await.map_err(internal)
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .map_err(sqlite_error)?;
+            apply_in_order(&mut Tx(&mut conn), ops, &mut count, &mut answers).await?;
+            conn.execute_batch("COMMIT").map_err(sqlite_error)
         }
         .await;
         let ok = result.is_ok();
@@ -87,116 +128,40 @@ impl ApplyBatch for Writer {
             &mut self.failing,
         );
         if ok {
-            self.checkpoints.committed(&mut conn).await;
+            self.checkpoints.committed(&conn);
             self.conn = Some(conn);
-        } else {
-            let _ = conn.close().await;
         }
+        // Otherwise `conn` is dropped here: closing it rolls back the failed transaction.
     }
 
     async fn finish(mut self) {
+        self.checkpoints.stop();
         // Closing the last connection checkpoints the whole WAL and removes it.
-        self.checkpoints.stop().await;
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.close().await;
-        }
+        drop(self.conn.take());
     }
 }
 
-/// The writes of one batch, on the writer's connection inside the batch's transaction.
-impl Transaction for SqliteConnection {
-    /// Consecutive appends of a batch, written with a constant number of statements.
+/// The writer's connection inside a batch's transaction. (`&mut`: the batch's future must be
+/// `Send`, and a shared `&Connection` is not.)
+struct Tx<'c>(&'c mut Connection);
+
+/// The writes of one batch. The methods are `async` for the shared `apply_in_order`; they
+/// never wait.
+impl Transaction for Tx<'_> {
     async fn appends(
         &mut self,
         appends: Vec<(Message, Reply<Appended>)>,
         count: &mut OutboxCount,
         answers: &mut Answers,
     ) -> Result<(), StoreError> {
-        let conn = self;
-        let keys: Vec<Key> = appends.iter().filter_map(|(m, _)| key_of(m)).collect();
-        let mut known = HashMap::new();
-        if !keys.is_empty() {
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                message_columns!("m."),
-                " FROM json_each(?) k CROSS JOIN messages m
-                 WHERE m.room_id = json_extract(k.value, '$[0]')
-                   AND m.user_id = json_extract(k.value, '$[1]')
-                   AND m.client_message_id = json_extract(k.value, '$[2]')"
-            ))
-            .bind(to_json(&keys)?)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(internal)?;
-            known = by_key(&rows)?;
-        }
-
+        let conn = &*self.0;
+        let known = stored_keys(conn, &appends)?;
         // Stored (or earlier in this run) keys are duplicates; the rest is written.
         let run = AppendRun::sort(appends, known, count, answers);
-        let fresh = &run.fresh;
-        if !fresh.is_empty() {
-            let rows: Vec<_> = fresh
-                .iter()
-                .map(|m| {
-                    (
-                        m.message_id.as_str(),
-                        m.room_id.as_str(),
-                        m.user_id.as_str(),
-                        m.username.as_str(),
-                        m.message.as_str(),
-                        m.message_type.as_str(),
-                        m.timestamp as i64,
-                        m.client_message_id.as_ref().map(|c| c.as_str()),
-                    )
-                })
-                .collect();
-            sqlx::query(
-                "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
-                    timestamp, created_at, client_message_id)
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-                    json_extract(value, '$[2]'), json_extract(value, '$[3]'),
-                    json_extract(value, '$[4]'), json_extract(value, '$[5]'),
-                    json_extract(value, '$[6]'), ?2, json_extract(value, '$[7]')
-                 FROM json_each(?1) ORDER BY key",
-            )
-            .bind(to_json(&rows)?)
-            .bind(now_ms() as i64)
-            .execute(&mut *conn)
-            .await
-            .map_err(internal)?;
-
-            // Each room's last message of this run.
-            let newest = newest_per_room(fresh);
-            let rooms: Vec<_> = newest
-                .iter()
-                .map(|m| {
-                    (
-                        m.room_id.as_str(),
-                        m.timestamp as i64,
-                        m.message.as_str(),
-                        m.user_id.as_str(),
-                    )
-                })
-                .collect();
-            sqlx::query(
-                "INSERT INTO rooms (room_id, type, private, created_at, updated_at, last_content,
-                    last_timestamp, last_sender)
-                 SELECT json_extract(value, '$[0]'), 'group', 0, json_extract(value, '$[1]'),
-                    json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-                    json_extract(value, '$[1]'), json_extract(value, '$[3]')
-                 FROM json_each(?) WHERE true
-                 ON CONFLICT(room_id) DO UPDATE SET updated_at = excluded.updated_at,
-                    last_content = excluded.last_content, last_timestamp = excluded.last_timestamp,
-                    last_sender = excluded.last_sender",
-            )
-            .bind(to_json(&rooms)?)
-            .execute(&mut *conn)
-            .await
-            .map_err(internal)?;
-
+        if !run.fresh.is_empty() {
+            insert_messages(conn, &run.fresh).map_err(sqlite_error)?;
             if count.enabled() {
-                let room_ids: Vec<&str> = newest.iter().map(|m| m.room_id.as_str()).collect();
-                outbox::insert_all(conn, fresh, &room_ids).await?;
+                outbox::insert_all(conn, &run.fresh)?;
             }
         }
         run.answer(answers);
@@ -204,67 +169,161 @@ impl Transaction for SqliteConnection {
     }
 
     async fn create_room(&mut self, room: NewRoom) -> Result<(Room, bool), StoreError> {
-        let conn = self;
+        let conn = &*self.0;
         let pair_key = room.pair_key();
         if let Some(key) = &pair_key {
-            let existing: Option<String> =
-                sqlx::query_scalar("SELECT room_id FROM rooms WHERE pair_key = ?")
-                    .bind(key)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(internal)?;
+            let existing: Option<String> = conn
+                .prepare_cached("SELECT room_id FROM rooms WHERE pair_key = ?1")
+                .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+                .map_err(sqlite_error)?;
             if let Some(id) = existing {
-                return Ok((reads::existing_room(conn, &id).await?, false));
+                return Ok((existing_room(conn, &id)?, false));
             }
         }
         let now = now_ms() as i64;
-        let inserted = sqlx::query(
-            "INSERT INTO rooms (room_id, type, private, pair_key, created_at, updated_at)
-             VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT(room_id) DO NOTHING",
-        )
-        .bind(room.room_id.as_str())
-        .bind(room.room_type.as_str())
-        .bind(pair_key)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(internal)?;
-        if inserted.rows_affected() == 0 {
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO rooms (room_id, type, private, pair_key, created_at, updated_at)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?4) ON CONFLICT(room_id) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    room.room_id.as_str(),
+                    room.room_type.as_str(),
+                    pair_key,
+                    now
+                ])
+            })
+            .map_err(sqlite_error)?;
+        if inserted == 0 {
             return Err(StoreError::RoomExists);
         }
         for user in &room.participants {
-            conn.add_member(&room.room_id, user).await?;
+            add_member(conn, &room.room_id, user).map_err(sqlite_error)?;
         }
-        Ok((
-            reads::existing_room(conn, room.room_id.as_str()).await?,
-            true,
-        ))
+        Ok((existing_room(conn, room.room_id.as_str())?, true))
     }
 
     async fn add_member(&mut self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
-        let conn = self;
-        let now = now_ms() as i64;
-        sqlx::query(
-            "INSERT INTO rooms (room_id, type, private, created_at, updated_at)
-             VALUES (?, 'group', 0, ?, ?) ON CONFLICT(room_id) DO NOTHING",
-        )
-        .bind(room.as_str())
-        .bind(now)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(internal)?;
-        sqlx::query("INSERT OR IGNORE INTO room_participants (room_id, user_id) VALUES (?, ?)")
-            .bind(room.as_str())
-            .bind(user.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(internal)?;
-        Ok(())
+        add_member(self.0, room, user).map_err(sqlite_error)
     }
 
     async fn mark_sent(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
-        outbox::mark_sent_in(self, seqs).await
+        outbox::mark_sent_in(self.0, seqs).map_err(sqlite_error)
     }
+}
+
+/// The stored messages whose idempotency keys the appends carry, by key.
+fn stored_keys(
+    conn: &Connection,
+    appends: &[(Message, Reply<Appended>)],
+) -> Result<HashMap<Key, Message>, StoreError> {
+    let mut known = HashMap::new();
+    let mut keys = appends.iter().filter_map(|(m, _)| key_of(m)).peekable();
+    if keys.peek().is_none() {
+        return Ok(known);
+    }
+    let mut stmt = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            message_columns!(""),
+            " FROM messages WHERE room_id = ?1 AND user_id = ?2 AND client_message_id = ?3"
+        ))
+        .map_err(sqlite_error)?;
+    for key in keys {
+        if known.contains_key(&key) {
+            continue;
+        }
+        let mut rows = stmt
+            .query(params![key.0, key.1, key.2])
+            .map_err(sqlite_error)?;
+        if let Some(row) = rows.next().map_err(sqlite_error)? {
+            let stored = message_from_row(&Fields(row))?;
+            known.insert(key, stored);
+        }
+    }
+    Ok(known)
+}
+
+/// New messages in batch order, then each room's newest of them as its `lastMessage` (an
+/// unknown room becomes an open group).
+fn insert_messages(conn: &Connection, fresh: &[Message]) -> rusqlite::Result<()> {
+    let now = now_ms() as i64;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
+            timestamp, created_at, client_message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for m in fresh {
+        insert.execute(params![
+            m.message_id.as_str(),
+            m.room_id.as_str(),
+            m.user_id.as_str(),
+            m.username.as_str(),
+            m.message.as_str(),
+            m.message_type.as_str(),
+            m.timestamp as i64,
+            now,
+            m.client_message_id.as_ref().map(|c| c.as_str()),
+        ])?;
+    }
+    let mut room = conn.prepare_cached(
+        "INSERT INTO rooms (room_id, type, private, created_at, updated_at, last_content,
+            last_timestamp, last_sender)
+         VALUES (?1, 'group', 0, ?2, ?2, ?3, ?2, ?4)
+         ON CONFLICT(room_id) DO UPDATE SET updated_at = excluded.updated_at,
+            last_content = excluded.last_content, last_timestamp = excluded.last_timestamp,
+            last_sender = excluded.last_sender",
+    )?;
+    for m in newest_per_room(fresh) {
+        room.execute(params![
+            m.room_id.as_str(),
+            m.timestamp as i64,
+            m.message.as_str(),
+            m.user_id.as_str()
+        ])?;
+    }
+    Ok(())
+}
+
+/// Records `user` in `room` (an unknown room becomes an open group).
+fn add_member(conn: &Connection, room: &RoomId, user: &UserId) -> rusqlite::Result<()> {
+    let now = now_ms() as i64;
+    conn.prepare_cached(
+        "INSERT INTO rooms (room_id, type, private, created_at, updated_at)
+         VALUES (?1, 'group', 0, ?2, ?2) ON CONFLICT(room_id) DO NOTHING",
+    )?
+    .execute(params![room.as_str(), now])?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO room_participants (room_id, user_id) VALUES (?1, ?2)",
+    )?
+    .execute(params![room.as_str(), user.as_str()])?;
+    Ok(())
+}
+
+/// A room the writer knows exists (inside its transaction), with its participants.
+fn existing_room(conn: &Connection, room_id: &str) -> Result<Room, StoreError> {
+    let participants = participants(conn, room_id).map_err(sqlite_error)?;
+    let mut stmt = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            room_columns!(""),
+            " FROM rooms WHERE room_id = ?1"
+        ))
+        .map_err(sqlite_error)?;
+    let mut rows = stmt.query([room_id]).map_err(sqlite_error)?;
+    let row = rows
+        .next()
+        .map_err(sqlite_error)?
+        .ok_or_else(|| StoreError::Internal(format!("room {room_id} vanished")))?;
+    room_from_row(&Fields(row), user_ids(&participants)?)
+}
+
+/// A room's participants, sorted.
+pub(super) fn participants(conn: &Connection, room_id: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached(
+        "SELECT user_id FROM room_participants WHERE room_id = ?1 ORDER BY user_id",
+    )?
+    .query_map([room_id], |r| r.get(0))?
+    .collect()
 }
