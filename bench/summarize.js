@@ -20,6 +20,10 @@ const rows = [
   ['latency p50 (ms)', (s) => s.latency_ms.p50],
   ['latency p99 (ms)', (s) => s.latency_ms.p99],
   ['latency max (ms)', (s) => s.latency_ms.max],
+  // The server's own durable-write latency (arrival in send -> end of the commit), from its
+  // GET /metrics at the start and end of the window; n/a for servers without it.
+  ['durable write p50 (ms)', (s) => s.server.durable_write_ms && s.server.durable_write_ms.p50],
+  ['durable write p99 (ms)', (s) => s.server.durable_write_ms && s.server.durable_write_ms.p99],
   ['server CPU (s)', (s) => s.server.cpu_seconds],
   ['server CPU µs / delivery', (s) => s.server.cpu_us_per_delivery],
   ['server user CPU µs / delivery', (s) => s.server.cpu_user_us_per_delivery],
@@ -73,6 +77,7 @@ console.log('');
 for (const server of servers.filter((sv) => results[sv].length > 0)) {
   console.log(`${server} per run: ` + results[server].map((s) =>
     `cpu µs/delivery ${fmt(s.server.cpu_us_per_delivery)}, p99 ${fmt(s.latency_ms.p99)} ms, ` +
+    (s.server.durable_write_ms ? `durable write p99 ${fmt(s.server.durable_write_ms.p99)} ms, ` : '') +
     `RSS ${s.server.rss_kb_start} KB, passed ${s.passed}`).join(' | '));
   console.log('');
 }

@@ -1,7 +1,7 @@
 //! The parent's side of a run (`Bench`): it opens the connections (in this process, or in
 //! `--workers` children), runs one phase on every worker at once, prints the progress line,
-//! samples the server from `/proc` at the end of the warm-up and at the end of the phase, and
-//! merges the workers' counters and histograms into the phase's summary.
+//! samples the server from `/proc` (and its `/metrics`) at the end of the warm-up and at the
+//! end of the phase, and merges the workers' counters and histograms into the phase's summary.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::Args;
 use crate::child::{ChildWorker, Msg};
+use crate::metrics::{self, Buckets};
 use crate::procfs::{ProcSample, clock_ticks, load_average, sample_proc};
 use crate::report::summarize;
 use crate::stats::{Counters, PhaseResult, hist_pairs, merge, new_hist, now_ns};
@@ -109,21 +110,29 @@ impl Bench {
     /// Runs phase `phase` at `rate`: its JSON summary and whether it passed (all delivered,
     /// no errors; the ramp adds its p99 bound).
     pub async fn measure(&mut self, phase: u32, rate: f64) -> (Value, bool) {
-        let (r, start, end) = self.phase(phase, rate).await;
+        let (r, start, end, scraped) = self.phase(phase, rate).await;
         let connect = (self.connected, self.connect_errors);
         let (mut summary, passed) =
             summarize(&self.args, rate, &r, connect, self.baseline, start, end);
+        summary["server"]["durable_write_ms"] =
+            metrics::window(scraped.0.as_ref(), scraped.1.as_ref());
         summary["connect_seconds"] = json!(self.connect_s);
         summary["load_average_before"] = json!(self.load_before);
         (summary, passed)
     }
 
-    /// Runs one phase on every worker; returns (merged result, server at measure start, at end).
+    /// Runs one phase on every worker; returns (merged result, server at measure start, at end,
+    /// its `/metrics` durable-write histogram at measure start and at end).
     async fn phase(
         &mut self,
         phase: u32,
         rate: f64,
-    ) -> (PhaseResult, Option<ProcSample>, Option<ProcSample>) {
+    ) -> (
+        PhaseResult,
+        Option<ProcSample>,
+        Option<ProcSample>,
+        (Option<Buckets>, Option<Buckets>),
+    ) {
         let a = self.args.clone();
         let n = self.workers.len() as f64;
         let mut locals = Vec::new();
@@ -165,6 +174,7 @@ impl Bench {
         let sample_at = tokio::time::sleep(warmup);
         tokio::pin!(sample_at);
         let mut sampled = false;
+        let mut scraped_start = None;
         loop {
             let locals_done = locals.iter().all(|h| h.is_finished());
             if locals_done && waiting_children.is_empty() {
@@ -174,6 +184,7 @@ impl Bench {
                 _ = &mut sample_at, if !sampled => {
                     sampled = true;
                     at_start = sample_proc(&self.args.server_pid, self.ticks);
+                    scraped_start = metrics::scrape(&self.args.url).await;
                 }
                 _ = tick.tick() => {
                     if !self.args.quiet {
@@ -204,15 +215,17 @@ impl Bench {
         }
         if !sampled {
             at_start = sample_proc(&self.args.server_pid, self.ticks);
+            scraped_start = metrics::scrape(&self.args.url).await;
         }
         let at_end = sample_proc(&self.args.server_pid, self.ticks);
+        let scraped_end = metrics::scrape(&self.args.url).await;
         for h in locals {
             if let Ok(r) = h.await {
                 merge(&mut merged, &mut hist, &r);
             }
         }
         merged.hist = hist_pairs(&hist);
-        (merged, at_start, at_end)
+        (merged, at_start, at_end, (scraped_start, scraped_end))
     }
 
     /// Closes the connections and lets the children exit.

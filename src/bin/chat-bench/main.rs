@@ -32,6 +32,7 @@
 //! | `churn.rs` | scenario: `--churn`, clients disconnected in waves that resume with `since` (delivery, duplicates, rejoin and replay latency, RSS slope) |
 //! | `ramp.rs` | scenario: one fixed-rate phase, or the ramp and its rule (a step fails when it fails twice in a row) |
 //! | `stats.rs` | measurement: counters, latency histograms, merging results of several processes |
+//! | `metrics.rs` | measurement: the server's `chat_durable_write_seconds` histogram, scraped from `/metrics` at the window's start and end |
 //! | `procfs.rs` | measurement: the server's CPU (user, kernel) and RSS from `/proc`, the load average |
 //! | `report.rs` | report: the JSON summary of a phase and of a ramp, printing and `--json` |
 
@@ -39,6 +40,7 @@ mod bench;
 mod child;
 mod churn;
 mod conn;
+mod metrics;
 mod procfs;
 mod protocol;
 mod ramp;
