@@ -11,7 +11,9 @@
 # Defaults: 180 s, 1000 clients (the test command's 3-minute version). The binaries are
 # CHAT_BIN and CHAT_BENCH_BIN, default the debug builds; BENCHMARKS.md runs it on the release
 # builds with 10,000 clients. SOAK_STORAGE=postgres puts both instances on one fresh database
-# of the local PostgreSQL (dropped at the end) instead of an embedded store each.
+# of the local PostgreSQL (dropped at the end) instead of an embedded store each;
+# SOAK_ROOM_SIZE sets the room size (default 10); extra arguments go to chat-bench (e.g.
+# `--churn-room-rate 0.4`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,7 +63,7 @@ done
 echo "soak: ${secs}s, $clients clients, instances ${urls[*]}"
 status=0
 "$bench_bin" --churn --quiet --url "${urls[0]},${urls[1]}" --connections "$clients" \
-  --room-size 10 --duration "$secs" --churn-every 10 --churn-fraction 0.1 \
+  --room-size "${SOAK_ROOM_SIZE:-10}" --duration "$secs" --churn-every 10 --churn-fraction 0.1 \
   --server-pid "${pids[0]},${pids[1]}" --label soak "$@" || status=$?
 if [ "$status" != 0 ]; then
   echo "soak: FAILED (chat-bench exit $status)"
