@@ -5,7 +5,7 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 use crate::raw_ws;
-use crate::support::{HoldProxy, WAIT, redis, redis_url, spawn_app_with, spawn_redis_app, unique};
+use crate::support::{HoldProxy, WAIT, redis, redis_addr, spawn_app_with, spawn_redis_app, unique};
 
 fn user_ids(users: &Value) -> Vec<String> {
     let mut ids: Vec<String> = users
@@ -438,11 +438,7 @@ async fn a_client_message_id_retried_on_another_instance_returns_the_original() 
 #[tokio::test]
 async fn a_joiner_reads_history_only_once_its_rooms_subscription_is_live() {
     redis().await;
-    let target: std::net::SocketAddr = redis_url()
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("TEST_REDIS_URL as redis://ip:port");
+    let target = redis_addr();
     let proxy = HoldProxy::start(target, "SUBSCRIBE").await;
     let app_a = spawn_app_with(&["--redis-url", &format!("redis://{}", proxy.addr)]).await;
     let app_b = spawn_redis_app(&[]).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 
 use crate::support::{
-    TcpProxy, eventually, redis, redis_url, spawn_app_with, spawn_redis_app, unique,
+    TcpProxy, eventually, redis, redis_addr, spawn_app_with, spawn_redis_app, unique,
 };
 
 const RECOVERY: Duration = Duration::from_secs(20);
@@ -15,11 +15,7 @@ const RECOVERY: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
     redis().await;
-    let target: std::net::SocketAddr = redis_url()
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("TEST_REDIS_URL as redis://ip:port");
+    let target = redis_addr();
     let proxy = TcpProxy::start(target).await;
     let proxied = format!("redis://{}", proxy.addr);
     let app_a = spawn_app_with(&["--redis-url", &proxied]).await;

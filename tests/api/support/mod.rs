@@ -83,6 +83,15 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The test Redis' `ip:port` (for a proxy in front of it).
+pub fn redis_addr() -> SocketAddr {
+    redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("TEST_REDIS_URL as redis://ip:port")
+}
+
 /// A connection to the test Redis, for checking keys; fails loudly when Redis is not running.
 pub async fn redis() -> redis::aio::MultiplexedConnection {
     let url = redis_url();
