@@ -75,17 +75,16 @@ async fn main() -> anyhow::Result<()> {
             let name = Username::parse(&format!("user {w}")).unwrap();
             for i in (w..total).step_by(writers) {
                 let now = now_ms();
-                let message = Message {
-                    message_id: MessageId::generate(now),
-                    room_id: rooms[i % ROOMS].clone(),
-                    user_id: user.clone(),
-                    username: name.clone(),
-                    message: MessageBody::parse(&format!("benchmark message number {i}"), 4000)
-                        .unwrap(),
-                    message_type: MessageType::Text,
-                    timestamp: now,
-                    client_message_id: None,
-                };
+                let message = Message::new(
+                    MessageId::generate(now),
+                    rooms[i % ROOMS].clone(),
+                    user.clone(),
+                    name.clone(),
+                    MessageBody::parse(&format!("benchmark message number {i}"), 4000).unwrap(),
+                    MessageType::Text,
+                    now,
+                    None,
+                );
                 store.append(message).await.expect("append");
             }
         }));

@@ -82,6 +82,11 @@ impl From<StoreError> for ChatError {
                 Self::InvalidPayload("before names no message of this room".into())
             }
             StoreError::RoomExists => Self::InvalidPayload("roomId already exists".into()),
+            StoreError::NotFound => Self::NotFound("No such message in this room".into()),
+            StoreError::NotAuthor => {
+                Self::Forbidden("Only the author may edit or delete a message".into())
+            }
+            e @ StoreError::TooManyReactions => Self::InvalidPayload(e.to_string()),
             // The store logged the warning (once per refused batch).
             StoreError::OutboxFull(_) => {
                 Self::Unavailable("Notification outbox full, try again later".into())

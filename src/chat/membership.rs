@@ -1,4 +1,5 @@
-//! Rooms and membership: `join_room` (history, `room_users`, `user_joined`), `leave_room`
+//! Rooms and membership: `join_room` (history, the changes a resume missed, `room_users`,
+//! `user_joined`), `leave_room`
 //! (`user_left` when the user's last connection leaves) and `typing` with its expiry. Joining
 //! registers the connection in the local room registry and the presence port; leaving (also on
 //! disconnect, from `session.rs`) undoes both.
@@ -7,7 +8,7 @@ use std::time::Instant;
 
 use super::wire::{self, ServerEvent};
 use super::{ChatError, ChatService, Session};
-use crate::domain::{ConnId, Identity, Member, MessageId, RoomEvent, RoomId};
+use crate::domain::{ConnId, Identity, Member, MessageId, RoomEvent, RoomId, history_items};
 
 /// The `join_room` command, built by the transports' DTO conversion.
 #[derive(Debug, Clone)]
@@ -77,13 +78,23 @@ impl ChatService {
                 .await;
             }
         }
+        // A resume (`since` found) also replays the changes of the messages the client had
+        // (SPEC 10), after the history.
+        let mut changes = Vec::new();
         let history = match &cmd.since {
             Some(since) => match self
                 .store
                 .after(&room_id, since, self.cfg.max_resume)
                 .await?
             {
-                Some(messages) => messages,
+                Some(messages) => {
+                    changes = self
+                        .store
+                        .changes_since(&room_id, since, self.cfg.max_resume)
+                        .await?
+                        .unwrap_or_default();
+                    messages
+                }
                 None => {
                     self.store
                         .history(&room_id, self.cfg.history_on_join, None)
@@ -96,7 +107,13 @@ impl ChatService {
                     .await?
             }
         };
-        s.emit(ServerEvent::new(wire::MESSAGE_HISTORY, &history));
+        s.emit(ServerEvent::new(
+            wire::MESSAGE_HISTORY,
+            &history_items(&history),
+        ));
+        for change in &changes {
+            s.emit(super::rooms::to_client_event(change).0);
+        }
         let users = self.presence.members(&room_id).await?;
         s.emit(ServerEvent::new(wire::ROOM_USERS, &users));
         tracing::debug!(room = %room_id, user = %me.user_id, "joined");

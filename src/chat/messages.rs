@@ -19,6 +19,8 @@ pub struct SendMessage {
     pub body: MessageBody,
     pub message_type: MessageType,
     pub client_message_id: Option<ClientMessageId>,
+    /// `replyTo`: a message of the same room (checked by `send`).
+    pub reply_to: Option<MessageId>,
 }
 
 /// The ack of `send_message`.
@@ -38,17 +40,29 @@ impl ChatService {
                 .rate_limited(crate::metrics::RateLimit::Messages);
             return Err(ChatError::RateLimited);
         }
+        if let Some(target) = &cmd.reply_to
+            && self
+                .store
+                .get_message(&cmd.room_id, target)
+                .await?
+                .is_none()
+        {
+            return Err(ChatError::NotFound(
+                "replyTo names no message of this room".into(),
+            ));
+        }
         let now = now_ms();
-        let message = Message {
-            message_id: MessageId::generate(now),
-            room_id: cmd.room_id,
-            user_id: me.user_id,
-            username: me.username,
-            message: cmd.body,
-            message_type: cmd.message_type,
-            timestamp: now,
-            client_message_id: cmd.client_message_id,
-        };
+        let mut message = Message::new(
+            MessageId::generate(now),
+            cmd.room_id,
+            me.user_id,
+            me.username,
+            cmd.body,
+            cmd.message_type,
+            now,
+            cmd.client_message_id,
+        );
+        message.reply_to = cmd.reply_to;
         let started = Instant::now();
         let appended = self.store.append(message).await;
         self.metrics.durable_write.observe(started.elapsed());

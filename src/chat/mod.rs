@@ -1,4 +1,5 @@
-//! The use cases of the chat: authenticate, join, leave, send, typing, history and rooms.
+//! The use cases of the chat: authenticate, join, leave, send, typing, the message lifecycle
+//! (edit, delete, reactions, read markers), history and rooms.
 //!
 //! `ChatService` knows only the ports (`MessageStore`, `Bus`, `Presence`, `Authenticator`) and
 //! the transport-neutral `ClientSink`; the Socket.IO and raw-WebSocket transports call the same
@@ -15,6 +16,7 @@
 //! | `session.rs` | `Session` (one connection's state), identity (`authenticate`, `identify`), deadlines (auth timeout, token expiry), the per-connection event budget, `disconnect` |
 //! | `membership.rs` | `join_room`, `leave_room`, `typing` and its expiry: rooms and presence |
 //! | `messages.rs` | `send_message` and its ack |
+//! | `lifecycle.rs` | SPEC 10: edit, delete, reactions, read markers (socket and REST) |
 //! | `queries.rs` | the REST use cases: history, one room, create a room, the caller's rooms |
 //! | `rooms.rs` | `RoomRegistry`: the local room -> connections registry, the bus handler |
 //! | `conn.rs` | `ClientSink`: how the core reaches one connection, whatever its transport |
@@ -23,6 +25,7 @@
 
 pub mod conn;
 mod error;
+mod lifecycle;
 mod limits;
 mod membership;
 mod messages;
@@ -48,6 +51,7 @@ use crate::store::MessageStore;
 use rooms::RoomRegistry;
 
 pub use error::ChatError;
+pub use lifecycle::{ChangeAck, ChangeMessage};
 pub use limits::RateLimiter;
 pub use membership::{JoinRoom, Typing};
 pub use messages::{SendMessage, Sent};
@@ -233,6 +237,10 @@ pub(crate) fn event_kind(event: &RoomEvent) -> usize {
         RoomEvent::Joined { .. } => 1,
         RoomEvent::Left { .. } => 2,
         RoomEvent::Typing { .. } => 3,
+        RoomEvent::Edited { .. } => 4,
+        RoomEvent::Deleted { .. } => 5,
+        RoomEvent::Reaction { .. } => 6,
+        RoomEvent::Read(_) => 7,
     };
     debug_assert!(kind < ROOM_EVENTS.len());
     kind

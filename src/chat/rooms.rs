@@ -135,7 +135,17 @@ pub(crate) fn to_client_event(event: &RoomEvent) -> (ServerEvent, Option<&UserId
             ),
             Some(&member.user_id),
         ),
+        RoomEvent::Edited { .. } => lifecycle(wire::MESSAGE_EDITED, event),
+        RoomEvent::Deleted { .. } => lifecycle(wire::MESSAGE_DELETED, event),
+        RoomEvent::Reaction { .. } => lifecycle(wire::REACTION_UPDATED, event),
+        RoomEvent::Read(_) => lifecycle(wire::READ_RECEIPT, event),
     }
+}
+
+/// A SPEC 10 event: every member gets it, the one who acted included.
+fn lifecycle<'a>(name: &'static str, event: &'a RoomEvent) -> (ServerEvent, Option<&'a UserId>) {
+    let payload = event.lifecycle_payload().unwrap_or_default();
+    (ServerEvent::from_value(name, payload), None)
 }
 
 impl BusHandler for RoomRegistry {

@@ -13,8 +13,24 @@ pub const JOIN_ROOM: &str = "join_room";
 pub const LEAVE_ROOM: &str = "leave_room";
 pub const SEND_MESSAGE: &str = "send_message";
 pub const TYPING: &str = "typing";
+pub const EDIT_MESSAGE: &str = "edit_message";
+pub const DELETE_MESSAGE: &str = "delete_message";
+pub const ADD_REACTION: &str = "add_reaction";
+pub const REMOVE_REACTION: &str = "remove_reaction";
+pub const MARK_READ: &str = "mark_read";
 /// Every event a client may send.
-pub const CLIENT_EVENTS: [&str; 5] = [AUTHENTICATE, JOIN_ROOM, LEAVE_ROOM, SEND_MESSAGE, TYPING];
+pub const CLIENT_EVENTS: [&str; 10] = [
+    AUTHENTICATE,
+    JOIN_ROOM,
+    LEAVE_ROOM,
+    SEND_MESSAGE,
+    TYPING,
+    EDIT_MESSAGE,
+    DELETE_MESSAGE,
+    ADD_REACTION,
+    REMOVE_REACTION,
+    MARK_READ,
+];
 
 // Server -> client.
 pub const AUTHENTICATED: &str = "authenticated";
@@ -24,6 +40,10 @@ pub const ROOM_USERS: &str = "room_users";
 pub const USER_JOINED: &str = "user_joined";
 pub const USER_LEFT: &str = "user_left";
 pub const USER_TYPING: &str = "user_typing";
+pub const MESSAGE_EDITED: &str = "message_edited";
+pub const MESSAGE_DELETED: &str = "message_deleted";
+pub const REACTION_UPDATED: &str = "reaction_updated";
+pub const READ_RECEIPT: &str = "read_receipt";
 pub const ERROR: &str = "error";
 
 /// How many wire formats may cache an encoding of an event (`ServerEvent::encoded`).

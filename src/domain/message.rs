@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::lifecycle::{Emoji, Reaction, ReadMarker};
 use super::{ClientMessageId, MessageId, RoomId, UserId, Username, ValidationError};
 
 /// Milliseconds since the Unix epoch.
@@ -107,6 +108,53 @@ pub struct Message {
     pub timestamp: u64,
     #[serde(skip)]
     pub client_message_id: Option<ClientMessageId>,
+    /// The message this one replies to (same room); `new_message` carries it when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    /// When last edited (epoch ms). History shows it (`HistoryItem`); a new message has none.
+    #[serde(skip)]
+    pub edited_at: Option<u64>,
+    /// A tombstone: the text is erased (`message` is empty).
+    #[serde(skip)]
+    pub deleted: bool,
+    /// The reactions as history shows them.
+    #[serde(skip)]
+    pub reactions: Vec<Reaction>,
+    /// The store's revision of this message's state (its latest change's sequence number, 0
+    /// when never changed): the Redis history cache keeps the highest it has seen.
+    #[serde(skip)]
+    pub rev: u64,
+}
+
+impl Message {
+    /// A new message as a client sends it (no reply, edit, tombstone or reaction yet).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        message_id: MessageId,
+        room_id: RoomId,
+        user_id: UserId,
+        username: Username,
+        message: MessageBody,
+        message_type: MessageType,
+        timestamp: u64,
+        client_message_id: Option<ClientMessageId>,
+    ) -> Self {
+        Self {
+            message_id,
+            room_id,
+            user_id,
+            username,
+            message,
+            message_type,
+            timestamp,
+            client_message_id,
+            reply_to: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: 0,
+        }
+    }
 }
 
 /// A user as other members see it: `{userId, username}`.
@@ -135,6 +183,32 @@ pub enum RoomEvent {
         member: Member,
         is_typing: bool,
     },
+    /// `message_edited` (SPEC 10).
+    Edited {
+        room_id: RoomId,
+        message_id: MessageId,
+        message: MessageBody,
+        edited_at: u64,
+        user_id: UserId,
+    },
+    /// `message_deleted`.
+    Deleted {
+        room_id: RoomId,
+        message_id: MessageId,
+        deleted_at: u64,
+        user_id: UserId,
+    },
+    /// `reaction_updated`: `user_id` added or removed `emoji`, which `count` users now show.
+    Reaction {
+        room_id: RoomId,
+        message_id: MessageId,
+        emoji: Emoji,
+        user_id: UserId,
+        added: bool,
+        count: u64,
+    },
+    /// `read_receipt`.
+    Read(ReadMarker),
 }
 
 impl Message {
@@ -160,8 +234,53 @@ impl Message {
                 .and_then(serde_json::Value::as_u64)
                 .ok_or_else(|| ValidationError::new("timestamp missing"))?,
             client_message_id: None,
+            reply_to: v
+                .get("replyTo")
+                .and_then(serde_json::Value::as_str)
+                .map(MessageId::parse)
+                .transpose()?,
+            edited_at: v.get("editedAt").and_then(serde_json::Value::as_u64),
+            deleted: v
+                .get("deleted")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+            reactions: match v.get("reactions").and_then(serde_json::Value::as_array) {
+                Some(items) => items
+                    .iter()
+                    .map(reaction_from_json)
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            },
+            rev: v
+                .get("rev")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
         })
     }
+}
+
+fn reaction_from_json(v: &serde_json::Value) -> Result<Reaction, ValidationError> {
+    Ok(Reaction {
+        emoji: Emoji::parse(
+            v.get("emoji")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(""),
+        )?,
+        count: v
+            .get("count")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| ValidationError::new("reaction count missing"))?,
+        user_ids: v
+            .get("userIds")
+            .and_then(serde_json::Value::as_array)
+            .map(|ids| {
+                ids.iter()
+                    .map(|u| UserId::parse(u.as_str().unwrap_or("")))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default(),
+    })
 }
 
 impl Member {
@@ -200,7 +319,55 @@ impl RoomEvent {
             } => {
                 json!({"type": "typing", "roomId": room_id, "member": member, "isTyping": is_typing})
             }
+            other => {
+                let mut v = other.lifecycle_payload().unwrap_or_default();
+                let kind = match other {
+                    Self::Edited { .. } => "edited",
+                    Self::Deleted { .. } => "deleted",
+                    Self::Reaction { .. } => "reaction",
+                    _ => "read",
+                };
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("type".into(), kind.into());
+                }
+                v
+            }
         }
+    }
+
+    /// The client payload of a lifecycle event (SPEC 10): `message_edited`,
+    /// `message_deleted`, `reaction_updated`, `read_receipt`. `None` for the other kinds.
+    pub fn lifecycle_payload(&self) -> Option<serde_json::Value> {
+        use serde_json::json;
+        Some(match self {
+            Self::Edited {
+                room_id,
+                message_id,
+                message,
+                edited_at,
+                user_id,
+            } => json!({"roomId": room_id, "messageId": message_id, "message": message,
+                "editedAt": edited_at, "userId": user_id}),
+            Self::Deleted {
+                room_id,
+                message_id,
+                deleted_at,
+                user_id,
+            } => json!({"roomId": room_id, "messageId": message_id, "deletedAt": deleted_at,
+                "userId": user_id}),
+            Self::Reaction {
+                room_id,
+                message_id,
+                emoji,
+                user_id,
+                added,
+                count,
+            } => json!({"roomId": room_id, "messageId": message_id, "emoji": emoji,
+                "userId": user_id, "added": added, "count": count}),
+            Self::Read(r) => json!({"roomId": r.room_id, "userId": r.user_id,
+                "messageId": r.message_id, "readAt": r.read_at}),
+            _ => return None,
+        })
     }
 
     /// The inverse of `to_json`.
@@ -232,6 +399,52 @@ impl RoomEvent {
                     .and_then(serde_json::Value::as_bool)
                     .ok_or_else(|| ValidationError::new("isTyping missing"))?,
             }),
+            Some(kind @ ("edited" | "deleted" | "reaction" | "read")) => {
+                let s = |name: &str| {
+                    v.get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .ok_or_else(|| ValidationError::new(format!("{name} missing")))
+                };
+                let n = |name: &str| {
+                    v.get(name)
+                        .and_then(serde_json::Value::as_u64)
+                        .ok_or_else(|| ValidationError::new(format!("{name} missing")))
+                };
+                let message_id = MessageId::parse(s("messageId")?)?;
+                let user_id = UserId::parse(s("userId")?)?;
+                Ok(match kind {
+                    "edited" => Self::Edited {
+                        room_id: room()?,
+                        message_id,
+                        message: MessageBody::from_stored(s("message")?.to_owned()),
+                        edited_at: n("editedAt")?,
+                        user_id,
+                    },
+                    "deleted" => Self::Deleted {
+                        room_id: room()?,
+                        message_id,
+                        deleted_at: n("deletedAt")?,
+                        user_id,
+                    },
+                    "reaction" => Self::Reaction {
+                        room_id: room()?,
+                        message_id,
+                        emoji: Emoji::parse(s("emoji")?)?,
+                        user_id,
+                        added: v
+                            .get("added")
+                            .and_then(serde_json::Value::as_bool)
+                            .ok_or_else(|| ValidationError::new("added missing"))?,
+                        count: n("count")?,
+                    },
+                    _ => Self::Read(ReadMarker {
+                        room_id: room()?,
+                        user_id,
+                        message_id,
+                        read_at: n("readAt")?,
+                    }),
+                })
+            }
             _ => Err(ValidationError::new("unknown room event type")),
         }
     }
@@ -241,7 +454,11 @@ impl RoomEvent {
             Self::Message(m) => &m.room_id,
             Self::Joined { room_id, .. }
             | Self::Left { room_id, .. }
-            | Self::Typing { room_id, .. } => room_id,
+            | Self::Typing { room_id, .. }
+            | Self::Edited { room_id, .. }
+            | Self::Deleted { room_id, .. }
+            | Self::Reaction { room_id, .. } => room_id,
+            Self::Read(r) => &r.room_id,
         }
     }
 }
@@ -269,14 +486,44 @@ mod tests {
         let room_id = RoomId::parse("r1").unwrap();
         let events = [
             RoomEvent::Message(Message {
-                message_id: MessageId::generate(1_700_000_000_000),
+                reply_to: Some(MessageId::generate(1_600_000_000_000)),
+                ..Message::new(
+                    MessageId::generate(1_700_000_000_000),
+                    room_id.clone(),
+                    member.user_id.clone(),
+                    member.username.clone(),
+                    MessageBody::parse("hi \u{1f600}", 100).unwrap(),
+                    MessageType::Image,
+                    1_700_000_000_000,
+                    None,
+                )
+            }),
+            RoomEvent::Edited {
+                room_id: room_id.clone(),
+                message_id: MessageId::generate(1),
+                message: MessageBody::parse("fixed", 100).unwrap(),
+                edited_at: 5,
+                user_id: member.user_id.clone(),
+            },
+            RoomEvent::Deleted {
+                room_id: room_id.clone(),
+                message_id: MessageId::generate(1),
+                deleted_at: 6,
+                user_id: member.user_id.clone(),
+            },
+            RoomEvent::Reaction {
+                room_id: room_id.clone(),
+                message_id: MessageId::generate(1),
+                emoji: Emoji::parse("👍").unwrap(),
+                user_id: member.user_id.clone(),
+                added: false,
+                count: 3,
+            },
+            RoomEvent::Read(ReadMarker {
                 room_id: room_id.clone(),
                 user_id: member.user_id.clone(),
-                username: member.username.clone(),
-                message: MessageBody::parse("hi \u{1f600}", 100).unwrap(),
-                message_type: MessageType::Image,
-                timestamp: 1_700_000_000_000,
-                client_message_id: None,
+                message_id: MessageId::generate(1),
+                read_at: 7,
             }),
             RoomEvent::Joined {
                 room_id: room_id.clone(),

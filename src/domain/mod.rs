@@ -3,10 +3,15 @@
 //! constructor, so a value that exists is valid ("parse, don't validate").
 
 mod ids;
+mod lifecycle;
 mod message;
 mod room;
 
 pub use ids::{ClientMessageId, ConnId, MessageId, RoomId, UserId, Username};
+pub use lifecycle::{
+    ChangeKind, Emoji, HistoryItem, MAX_REACTIONS_PER_MESSAGE, MessageChange, Reaction, ReadMarker,
+    history_items,
+};
 pub use message::{Member, Message, MessageBody, MessageType, RoomEvent, now_ms};
 pub use room::{LastMessage, NewRoom, Room, RoomType};
 

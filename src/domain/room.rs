@@ -52,6 +52,10 @@ pub struct Room {
     /// Epoch milliseconds.
     pub created_at: u64,
     pub updated_at: u64,
+    /// The caller's unread messages (`GET /api/chat/rooms`, SPEC 10): messages of others after
+    /// its read marker, deleted ones not counted. Only `rooms_of` fills it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread_count: Option<u64>,
 }
 
 impl Room {

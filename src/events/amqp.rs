@@ -25,7 +25,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use parking_lot::Mutex;
 
-use super::{EventPublisher, MessageSent, PublishError};
+use super::{EventPublisher, PublishError, event_body, event_id};
 use crate::store::OutboxEntry;
 
 /// Where and how to publish.
@@ -156,10 +156,8 @@ impl AmqpPublisher {
         type Confirm<'a> = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send + 'a>>;
         let mut confirms: Vec<Either<Confirm<'_>, _>> = Vec::with_capacity(entries.len());
         for entry in entries {
-            let body = MessageSent::from_entry(entry).to_json();
-            let props = props
-                .clone()
-                .with_message_id(entry.message_id.as_str().into());
+            let body = event_body(entry);
+            let props = props.clone().with_message_id(event_id(entry).into());
             let queue = queue.clone();
             let mut publish: Confirm<'_> = Box::pin(async move {
                 chan.basic_publish(

@@ -1,5 +1,7 @@
 //! Notification events for the systems around the chat (SPEC 8): every stored message produces
-//! a `message.sent` event on RabbitMQ for the Notification Service.
+//! a `message.sent` event on RabbitMQ for the Notification Service; every edit a
+//! `message.edited` and every delete a `message.deleted` event (SPEC 10), through the same
+//! outbox and queue, in the same envelope (`event_body`).
 //!
 //! # Contract
 //! - Transactional outbox: the event is written by the store in the same transaction as its
@@ -26,7 +28,7 @@ pub mod relay;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::store::OutboxEntry;
+use crate::store::{OutboxEntry, OutboxEvent};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
@@ -105,6 +107,40 @@ impl<'a> MessageSent<'a> {
     }
 }
 
+/// The JSON body of an outbox entry's event: `message.sent` exactly as the Node service
+/// published it; `message.edited` and `message.deleted` in the same envelope, `data` the socket
+/// event's payload (`message_edited`, `message_deleted`) plus `receiverIds`.
+pub fn event_body(e: &OutboxEntry) -> Vec<u8> {
+    let data = match e.event {
+        OutboxEvent::Sent => return MessageSent::from_entry(e).to_json(),
+        OutboxEvent::Edited => serde_json::json!({
+            "roomId": e.room_id, "messageId": e.message_id, "message": e.message,
+            "editedAt": e.timestamp, "userId": e.sender_id, "receiverIds": e.receiver_ids,
+        }),
+        OutboxEvent::Deleted => serde_json::json!({
+            "roomId": e.room_id, "messageId": e.message_id, "deletedAt": e.timestamp,
+            "userId": e.sender_id, "receiverIds": e.receiver_ids,
+        }),
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "eventType": e.event.as_str(),
+        "timestamp": iso8601_ms(e.timestamp),
+        "data": data,
+    }))
+    .expect("an event always serializes")
+}
+
+/// The AMQP `message_id` of an entry's event, what consumers dedupe on: the message id for
+/// `message.sent` (as before), `<messageId>:edited:<editedAt>` and `<messageId>:deleted` for
+/// the others, so that an edit is never taken for a copy of the message's `message.sent`.
+pub fn event_id(e: &OutboxEntry) -> String {
+    match e.event {
+        OutboxEvent::Sent => e.message_id.to_string(),
+        OutboxEvent::Edited => format!("{}:edited:{}", e.message_id, e.timestamp),
+        OutboxEvent::Deleted => format!("{}:deleted", e.message_id),
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for epoch milliseconds (UTC).
 pub fn iso8601_ms(ms: u64) -> String {
     let secs = ms / 1000;
@@ -146,6 +182,7 @@ mod tests {
     fn event_json_is_exactly_spec_8() {
         let entry = OutboxEntry {
             seq: 1,
+            event: OutboxEvent::Sent,
             message_id: MessageId::parse("65a1b2c3d4e5f60718293a4b").unwrap(),
             room_id: RoomId::parse("r1").unwrap(),
             sender_id: UserId::parse("a").unwrap(),
@@ -163,5 +200,31 @@ mod tests {
                     "receiverId": "b", "receiverIds": ["b"], "message": "hi",
                     "timestamp": 1_700_000_000_123u64}})
         );
+        assert_eq!(
+            event_body(&entry),
+            MessageSent::from_entry(&entry).to_json()
+        );
+        assert_eq!(event_id(&entry), "65a1b2c3d4e5f60718293a4b");
+        let edited = OutboxEntry {
+            event: OutboxEvent::Edited,
+            ..entry.clone()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&event_body(&edited)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"eventType": "message.edited", "timestamp": "2023-11-14T22:13:20.123Z",
+                "data": {"roomId": "r1", "messageId": "65a1b2c3d4e5f60718293a4b", "message": "hi",
+                    "editedAt": 1_700_000_000_123u64, "userId": "a", "receiverIds": ["b"]}})
+        );
+        let deleted = OutboxEntry {
+            event: OutboxEvent::Deleted,
+            message: String::new(),
+            ..entry
+        };
+        let v: serde_json::Value = serde_json::from_slice(&event_body(&deleted)).unwrap();
+        assert_eq!(v["eventType"], "message.deleted");
+        assert_eq!(v["data"]["deletedAt"], 1_700_000_000_123u64);
+        assert!(v["data"].get("message").is_none());
+        assert_eq!(event_id(&deleted), "65a1b2c3d4e5f60718293a4b:deleted");
     }
 }

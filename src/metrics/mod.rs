@@ -91,7 +91,9 @@ pub const OUTCOMES: [&str; 13] = [
 ];
 
 /// The kinds of room events on the bus (the `event` label of the bus counters).
-pub const ROOM_EVENTS: [&str; 4] = ["message", "joined", "left", "typing"];
+pub const ROOM_EVENTS: [&str; 8] = [
+    "message", "joined", "left", "typing", "edited", "deleted", "reaction", "read",
+];
 
 /// Which rate limit refused (the `limit` label of `chat_rate_limited_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

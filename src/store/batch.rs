@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Appended, Key, OutboxConfig, StoreError, key_of};
-use crate::domain::{Message, NewRoom, Room, RoomId, UserId};
+use super::{Appended, Changed, Key, MarkedRead, OutboxConfig, StoreError, key_of};
+use crate::domain::{Message, MessageChange, NewRoom, ReadMarker, Room, RoomId, UserId};
 
 /// Where a caller awaits its write's answer.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -40,6 +40,8 @@ pub(crate) enum Write {
     CreateRoom(NewRoom, Reply<(Room, bool)>),
     AddMember(RoomId, UserId, Reply<()>),
     MarkSent(Vec<u64>, Reply<()>),
+    Change(MessageChange, Reply<Changed>),
+    MarkRead(ReadMarker, Reply<MarkedRead>),
 }
 
 /// What travels on the queue: a backend's write, or the request to stop.
@@ -159,6 +161,14 @@ impl Writes<Write> {
         let seqs = seqs.to_vec();
         self.submit(|tx| Write::MarkSent(seqs, tx)).await
     }
+
+    pub(crate) async fn change(&self, change: MessageChange) -> Result<Changed, StoreError> {
+        self.submit(|tx| Write::Change(change, tx)).await
+    }
+
+    pub(crate) async fn mark_read(&self, marker: ReadMarker) -> Result<MarkedRead, StoreError> {
+        self.submit(|tx| Write::MarkRead(marker, tx)).await
+    }
 }
 
 /// The writer task: one batch after the other until `close` or until every `Writes` is gone.
@@ -239,6 +249,18 @@ pub(crate) trait Transaction {
 
     /// Deletes the outbox entries `seqs` (unknown ones are ignored); how many there were.
     async fn mark_sent(&mut self, seqs: &[u64]) -> Result<u64, StoreError>;
+
+    /// One change (the store's lifecycle contract). A refusal (`StoreError::is_refusal`) is
+    /// the caller's answer; any other error fails the batch. An effective edit or delete
+    /// writes its outbox entry when `count` is enabled (`count.admit()` first).
+    async fn change(
+        &mut self,
+        change: &MessageChange,
+        count: &mut OutboxCount,
+    ) -> Result<Changed, StoreError>;
+
+    /// One read marker (refusal: `NotFound`).
+    async fn mark_read(&mut self, marker: &ReadMarker) -> Result<MarkedRead, StoreError>;
 }
 
 /// Applies `ops` through `tx` in queue order, consecutive appends as one run. An `Err` fails
@@ -279,6 +301,14 @@ pub(crate) async fn apply_in_order<T: Transaction>(
                 count.removed(removed);
                 answers.push(Answer::Done(reply));
             }
+            Write::Change(change, reply) => match tx.change(&change, count).await {
+                Err(e) if !e.is_refusal() => return Err(e),
+                result => answers.push(Answer::Change(reply, result)),
+            },
+            Write::MarkRead(marker, reply) => match tx.mark_read(&marker).await {
+                Err(e) if !e.is_refusal() => return Err(e),
+                result => answers.push(Answer::MarkRead(reply, result)),
+            },
         }
     }
     if !run.is_empty() {
@@ -294,6 +324,8 @@ pub(crate) enum Answer {
     Append(Reply<Appended>, Result<Appended, StoreError>),
     CreateRoom(Reply<(Room, bool)>, Result<(Room, bool), StoreError>),
     Done(Reply<()>),
+    Change(Reply<Changed>, Result<Changed, StoreError>),
+    MarkRead(Reply<MarkedRead>, Result<MarkedRead, StoreError>),
 }
 
 /// The answers of one batch.
@@ -312,7 +344,13 @@ impl Answers {
     fn outbox_full(&self) -> usize {
         self.0
             .iter()
-            .filter(|a| matches!(a, Answer::Append(_, Err(StoreError::OutboxFull(_)))))
+            .filter(|a| {
+                matches!(
+                    a,
+                    Answer::Append(_, Err(StoreError::OutboxFull(_)))
+                        | Answer::Change(_, Err(StoreError::OutboxFull(_)))
+                )
+            })
             .count()
     }
 
@@ -323,6 +361,8 @@ impl Answers {
                 Answer::Append(tx, v) => drop(tx.send(v)),
                 Answer::CreateRoom(tx, v) => drop(tx.send(v)),
                 Answer::Done(tx) => drop(tx.send(Ok(()))),
+                Answer::Change(tx, v) => drop(tx.send(v)),
+                Answer::MarkRead(tx, v) => drop(tx.send(v)),
             }
         }
     }
@@ -334,6 +374,8 @@ impl Answers {
                 Answer::Append(tx, _) => drop(tx.send(Err(caller_error(e)))),
                 Answer::CreateRoom(tx, _) => drop(tx.send(Err(caller_error(e)))),
                 Answer::Done(tx) => drop(tx.send(Err(caller_error(e)))),
+                Answer::Change(tx, _) => drop(tx.send(Err(caller_error(e)))),
+                Answer::MarkRead(tx, _) => drop(tx.send(Err(caller_error(e)))),
             }
         }
     }
@@ -400,6 +442,8 @@ pub(crate) fn refuse(ops: Vec<Write>, e: &StoreError) {
             Write::AddMember(_, _, tx) | Write::MarkSent(_, tx) => {
                 drop(tx.send(Err(caller_error(e))))
             }
+            Write::Change(_, tx) => drop(tx.send(Err(caller_error(e)))),
+            Write::MarkRead(_, tx) => drop(tx.send(Err(caller_error(e)))),
         }
     }
 }
@@ -462,8 +506,8 @@ impl OutboxCount {
         self.max.is_some()
     }
 
-    /// Counts a new message's entry, or refuses it: `OutboxFull` when the bound is reached.
-    fn admit(&mut self) -> Result<(), StoreError> {
+    /// Counts a new entry, or refuses it: `OutboxFull` when the bound is reached.
+    pub(crate) fn admit(&mut self) -> Result<(), StoreError> {
         match self.max {
             Some(max) if self.pending >= max => Err(StoreError::OutboxFull(self.pending)),
             Some(_) => {

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Appended, MessageStore, OutboxEntry, StoreError};
-use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId};
+use super::{Appended, Changed, MarkedRead, MessageStore, OutboxEntry, StoreError};
+use crate::domain::{
+    Message, MessageChange, MessageId, NewRoom, ReadMarker, Room, RoomEvent, RoomId, UserId,
+};
 use crate::metrics::StoreStats;
 
 pub struct MeteredStore {
@@ -40,7 +42,11 @@ impl MeteredStore {
                 StoreError::Unavailable(_) => Some(0),
                 StoreError::Internal(_) => Some(1),
                 StoreError::OutboxFull(_) => Some(2),
-                StoreError::UnknownCursor | StoreError::RoomExists => None,
+                StoreError::UnknownCursor
+                | StoreError::RoomExists
+                | StoreError::NotFound
+                | StoreError::NotAuthor
+                | StoreError::TooManyReactions => None,
             };
             if let Some(kind) = kind {
                 self.stats.errors[kind].inc();
@@ -96,6 +102,40 @@ impl MessageStore for MeteredStore {
 
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError> {
         let r = self.inner.rooms_of(user).await;
+        self.counted(r)
+    }
+
+    async fn get_message(
+        &self,
+        room: &RoomId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        let r = self.inner.get_message(room, id).await;
+        self.counted(r)
+    }
+
+    async fn change(&self, change: MessageChange) -> Result<Changed, StoreError> {
+        let r = self.inner.change(change).await;
+        self.counted(r)
+    }
+
+    async fn changes_since(
+        &self,
+        room: &RoomId,
+        since: &MessageId,
+        limit: usize,
+    ) -> Result<Option<Vec<RoomEvent>>, StoreError> {
+        let r = self.inner.changes_since(room, since, limit).await;
+        self.counted(r)
+    }
+
+    async fn mark_read(&self, marker: ReadMarker) -> Result<MarkedRead, StoreError> {
+        let r = self.inner.mark_read(marker).await;
+        self.counted(r)
+    }
+
+    async fn receipts(&self, room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
+        let r = self.inner.receipts(room).await;
         self.counted(r)
     }
 

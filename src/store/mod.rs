@@ -55,6 +55,32 @@
 //!   twice only when a relay dies or stalls between publishing and `outbox_mark_sent`.
 //! - A store built without the outbox writes no entries; existing entries stay until a relay
 //!   sends them.
+//! - Changes (SPEC 10): an effective edit writes one `message.edited` entry, an effective
+//!   delete one `message.deleted` entry, in the change's transaction (receivers: the room's
+//!   participants but the author). A delete also blanks the text of the message's entries
+//!   still pending. Reactions and read markers write none.
+//!
+//! # Lifecycle contract (SPEC 10)
+//! - `change` applies one `MessageChange` durably and atomically, checking in the same
+//!   transaction: the message exists in that room (`NotFound` otherwise; also for an edit or a
+//!   reaction on a deleted message), edits and deletes are the author's (`NotAuthor`), at most
+//!   `MAX_REACTIONS_PER_MESSAGE` distinct emoji (`TooManyReactions`). A delete erases the
+//!   text (the row keeps a tombstone; the room's `lastMessage` text too when it was this
+//!   message). Repeating a delete, an add or a remove changes nothing and answers
+//!   `effective: false` with the current state.
+//! - Every effective change is recorded in the room's change log with a sequence number
+//!   increasing in commit order; the changed message's `rev` is that number.
+//! - `changes_since(room, since)`: the logged changes, oldest first, of the room's messages up
+//!   to and including `since`, made at or after `since`'s timestamp, as the events the
+//!   members got (an edit shows the message's current text; edits of messages deleted since
+//!   are left out). `None` when `since` names no message of the room.
+//! - Reads (`history`, `after`, `get_message`) return each message's current state:
+//!   `edited_at`, `deleted`, `reply_to`, `reactions` (`Reaction::group`, oldest first).
+//! - `mark_read` moves the user's marker of the room to the message when it is newer than
+//!   the current one (room order), else leaves it (`moved: false`) and returns the current
+//!   marker; `NotFound` when the message is not in the room.
+//! - `rooms_of` fills `unread_count`: messages of others after the caller's marker (all of
+//!   them without one), deleted ones not counted, for every room of the page in one query.
 
 pub(crate) mod batch;
 pub mod conformance;
@@ -70,7 +96,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId};
+use crate::domain::{
+    Message, MessageChange, MessageId, NewRoom, ReadMarker, Room, RoomEvent, RoomId, UserId,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -86,8 +114,82 @@ pub enum StoreError {
     /// The notification outbox holds `max_pending` entries: the message was not stored.
     #[error("notification outbox full ({0} events pending)")]
     OutboxFull(u64),
+    /// A change or read marker names no message of the room (or a deleted one where that
+    /// matters).
+    #[error("message not found")]
+    NotFound,
+    /// Only the author may edit or delete a message.
+    #[error("only the author may change this message")]
+    NotAuthor,
+    /// The message already shows `MAX_REACTIONS_PER_MESSAGE` distinct emoji.
+    #[error(
+        "a message shows at most {} distinct reactions",
+        crate::domain::MAX_REACTIONS_PER_MESSAGE
+    )]
+    TooManyReactions,
     #[error("storage error: {0}")]
     Internal(String),
+}
+
+impl StoreError {
+    /// Whether this is one write's refusal (the caller's answer), not a failure of the store.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::RoomExists
+                | Self::OutboxFull(_)
+                | Self::NotFound
+                | Self::NotAuthor
+                | Self::TooManyReactions
+                | Self::UnknownCursor
+        )
+    }
+}
+
+/// The outcome of a `change`.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    /// The event the room's members get (`Edited`, `Deleted` or `Reaction`).
+    pub event: RoomEvent,
+    /// The message's state after the change (with `rev`).
+    pub message: Message,
+    /// False when the change changed nothing (a repeated delete, add or remove).
+    pub effective: bool,
+}
+
+/// The outcome of a `mark_read`: the user's marker after it, and whether it moved.
+#[derive(Debug, Clone)]
+pub struct MarkedRead {
+    pub marker: ReadMarker,
+    pub moved: bool,
+}
+
+/// The kind of a notification event (SPEC 8, SPEC 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxEvent {
+    Sent,
+    Edited,
+    Deleted,
+}
+
+impl OutboxEvent {
+    /// The event type on the wire and in the outbox rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "message.sent",
+            Self::Edited => "message.edited",
+            Self::Deleted => "message.deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "message.sent" => Some(Self::Sent),
+            "message.edited" => Some(Self::Edited),
+            "message.deleted" => Some(Self::Deleted),
+            _ => None,
+        }
+    }
 }
 
 /// The outcome of an `append`.
@@ -105,11 +207,13 @@ pub struct OutboxConfig {
     pub max_pending: u64,
 }
 
-/// One pending `message.sent` event, as written beside its message.
+/// One pending notification event, as written beside its message or change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
     /// Strictly increasing in commit order (per store).
     pub seq: u64,
+    /// `message.sent`, `message.edited` or `message.deleted`.
+    pub event: OutboxEvent,
     pub message_id: MessageId,
     pub room_id: RoomId,
     pub sender_id: UserId,
@@ -117,8 +221,11 @@ pub struct OutboxEntry {
     pub receiver_id: Option<UserId>,
     /// The room's participants but the sender, sorted.
     pub receiver_ids: Vec<UserId>,
+    /// The text (`message.sent`, `message.edited`); empty for `message.deleted` and for an
+    /// entry whose message was deleted before it left.
     pub message: String,
-    /// The message's timestamp, epoch milliseconds.
+    /// Epoch milliseconds: the message's timestamp (`message.sent`), `editedAt` or
+    /// `deletedAt`.
     pub timestamp: u64,
 }
 
@@ -187,6 +294,31 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The rooms `user` takes part in, most recently active first.
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError>;
+
+    /// One message of a room in its current state; `None` when the room has no such message.
+    async fn get_message(
+        &self,
+        room: &RoomId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, StoreError>;
+
+    /// Applies a change (see the lifecycle contract above).
+    async fn change(&self, change: MessageChange) -> Result<Changed, StoreError>;
+
+    /// The changes a client resuming after `since` missed (see the lifecycle contract), at
+    /// most `limit`.
+    async fn changes_since(
+        &self,
+        room: &RoomId,
+        since: &MessageId,
+        limit: usize,
+    ) -> Result<Option<Vec<RoomEvent>>, StoreError>;
+
+    /// Moves a read marker forward (see the lifecycle contract).
+    async fn mark_read(&self, marker: ReadMarker) -> Result<MarkedRead, StoreError>;
+
+    /// Every read marker of a room, oldest read first.
+    async fn receipts(&self, room: &RoomId) -> Result<Vec<ReadMarker>, StoreError>;
 
     /// Up to `limit` pending outbox entries, oldest (lowest `seq`) first.
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;

@@ -17,7 +17,14 @@
 //!   `chat:idem:{roomId}:{userId}:{clientMessageId}` (TTL `MESSAGE_HISTORY_TTL`), so a retry
 //!   that reaches another instance (with its own embedded store) returns the original message.
 //!   With a shared durable store its unique index stays the guarantee.
-//! - Everything else (rooms, ping, close) is the durable store's.
+//! - Changes (SPEC 10): `change` writes the durable store first, then, when the change was
+//!   effective, replaces the message's item in the list (if the list holds it) with its new
+//!   state (`HistoryItem` JSON plus `rev`, the store's revision) in one Lua script that keeps
+//!   the higher revision, so two instances racing to update the same item leave the newer
+//!   state. A delete also overwrites the message's `chat:idem:..` record with the tombstone:
+//!   the text leaves Redis too. A failed update marks the list stale, as a failed append does.
+//! - Everything else (rooms, read markers, the change log, ping, close) is the durable
+//!   store's.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,8 +35,37 @@ use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
-use super::{Appended, MessageStore, OutboxEntry, StoreError};
-use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId};
+use super::{Appended, Changed, MarkedRead, MessageStore, OutboxEntry, StoreError};
+use crate::domain::{
+    HistoryItem, Message, MessageChange, MessageId, NewRoom, ReadMarker, Room, RoomEvent, RoomId,
+    UserId,
+};
+
+/// Replaces the list item holding `"messageId":"<id>"` (ARGV[1]) with ARGV[2] when the item's
+/// `rev` is lower than ARGV[3]; returns 1 when the list held the message.
+const REPLACE_ITEM: &str = r#"
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i, item in ipairs(items) do
+  if string.find(item, ARGV[1], 1, true) then
+    local rev = tonumber(string.match(item, '"rev":(%d+)')) or 0
+    if rev < tonumber(ARGV[3]) then
+      redis.call('LSET', KEYS[1], i - 1, ARGV[2])
+    end
+    return 1
+  end
+end
+return 0
+"#;
+
+/// A message's state as the list holds it after a change: the history item and its `rev`.
+fn item_json(m: &Message) -> Result<String, StoreError> {
+    let mut v = serde_json::to_value(HistoryItem::from(m))
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("rev".into(), m.rev.into());
+    }
+    Ok(v.to_string())
+}
 use crate::metrics::HistoryCacheStats;
 
 pub struct RedisCachedStore {
@@ -147,6 +183,49 @@ impl RedisCachedStore {
 
     async fn all(&self, room: &RoomId) -> Option<Vec<Message>> {
         self.newest(room, self.max.max(1)).await.map(|(m, _)| m)
+    }
+
+    /// Puts a changed message's new state into the room's list (when it holds the message),
+    /// and a tombstone into its idempotency record.
+    async fn update_item(&self, m: &Message) {
+        let room = &m.room_id;
+        let json = match item_json(m) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::warn!(cause = %e, "history cache: cannot encode a changed message");
+                self.stale.lock().insert(room.clone());
+                return;
+            }
+        };
+        let mut c = self.conn.clone();
+        let mut result: redis::RedisResult<()> = Ok(());
+        if m.deleted
+            && let Some(cmid) = &m.client_message_id
+        {
+            let idem = format!("chat:idem:{}:{}:{}", room, m.user_id, cmid.as_ref());
+            result = redis::cmd("SET")
+                .arg(idem)
+                .arg(&json)
+                .arg("XX")
+                .arg("KEEPTTL")
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .map(|_| ());
+        }
+        if result.is_ok() && self.usable(room).await {
+            result = redis::Script::new(REPLACE_ITEM)
+                .key(history_key(room))
+                .arg(format!("\"messageId\":\"{}\"", m.message_id))
+                .arg(&json)
+                .arg(m.rev)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(|_| ());
+        }
+        if let Err(e) = result {
+            tracing::warn!(room = %room, cause = %e, "history cache update failed; the room's cached list will be rebuilt");
+            self.stale.lock().insert(room.clone());
+        }
     }
 }
 
@@ -302,6 +381,46 @@ impl MessageStore for RedisCachedStore {
         self.inner.get_room(room).await
     }
 
+    async fn get_message(
+        &self,
+        room: &RoomId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        if let Some(m) = self.inner.get_message(room, id).await? {
+            return Ok(Some(m));
+        }
+        // A message another instance stored in a store of its own (embedded).
+        Ok(self
+            .all(room)
+            .await
+            .and_then(|all| all.into_iter().find(|m| &m.message_id == id)))
+    }
+
+    async fn change(&self, change: MessageChange) -> Result<Changed, StoreError> {
+        let changed = self.inner.change(change).await?;
+        if changed.effective {
+            self.update_item(&changed.message).await;
+        }
+        Ok(changed)
+    }
+
+    async fn changes_since(
+        &self,
+        room: &RoomId,
+        since: &MessageId,
+        limit: usize,
+    ) -> Result<Option<Vec<RoomEvent>>, StoreError> {
+        self.inner.changes_since(room, since, limit).await
+    }
+
+    async fn mark_read(&self, marker: ReadMarker) -> Result<MarkedRead, StoreError> {
+        self.inner.mark_read(marker).await
+    }
+
+    async fn receipts(&self, room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
+        self.inner.receipts(room).await
+    }
+
     async fn create_room(&self, room: NewRoom) -> Result<(Room, bool), StoreError> {
         self.inner.create_room(room).await
     }
@@ -346,16 +465,16 @@ mod tests {
     use crate::domain::{MessageBody, MessageType, Username};
 
     fn msg(id_ts: u64, text: &str) -> Message {
-        Message {
-            message_id: MessageId::generate(id_ts),
-            room_id: RoomId::parse("r").unwrap(),
-            user_id: UserId::parse("u").unwrap(),
-            username: Username::parse("u").unwrap(),
-            message: MessageBody::parse(text, 100).unwrap(),
-            message_type: MessageType::Text,
-            timestamp: id_ts,
-            client_message_id: None,
-        }
+        Message::new(
+            MessageId::generate(id_ts),
+            RoomId::parse("r").unwrap(),
+            UserId::parse("u").unwrap(),
+            Username::parse("u").unwrap(),
+            MessageBody::parse(text, 100).unwrap(),
+            MessageType::Text,
+            id_ts,
+            None,
+        )
     }
 
     #[test]

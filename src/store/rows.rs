@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{Key, OutboxEntry, StoreError, key_of};
+use super::{Key, OutboxEntry, OutboxEvent, StoreError, key_of};
 use crate::domain::{
-    ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, Room, RoomId,
-    RoomType, UserId, Username,
+    ClientMessageId, Emoji, LastMessage, Message, MessageBody, MessageId, MessageType, Reaction,
+    ReadMarker, Room, RoomEvent, RoomId, RoomType, UserId, Username,
 };
 
 /// The `messages` columns `message_from_row` reads, each with the prefix `$p` (`"m."`).
@@ -32,7 +32,13 @@ macro_rules! message_columns {
             $p,
             "timestamp, ",
             $p,
-            "client_message_id"
+            "client_message_id, ",
+            $p,
+            "reply_to, ",
+            $p,
+            "edited_at, ",
+            $p,
+            "deleted_at"
         )
     };
 }
@@ -67,7 +73,7 @@ macro_rules! outbox_columns {
         concat!(
             "seq, message_id, room_id, sender_id, receiver_id, ",
             $receiver_ids,
-            ", message, timestamp"
+            ", message, timestamp, event"
         )
     };
 }
@@ -135,6 +141,94 @@ pub(crate) fn message_from_row(row: &impl Columns) -> Result<Message, StoreError
         client_message_id: row
             .maybe_text(7)?
             .and_then(|s| ClientMessageId::parse(&s).ok()),
+        reply_to: row
+            .maybe_text(8)?
+            .map(|s| MessageId::parse(&s).map_err(|_| corrupt("reply id")))
+            .transpose()?,
+        edited_at: row.maybe_int(9)?.map(|t| t as u64),
+        deleted: row.maybe_int(10)?.is_some(),
+        reactions: Vec::new(),
+        rev: 0,
+    })
+}
+
+/// `(message_id, emoji, user_id)` rows, oldest first, as each message's reactions.
+pub(crate) fn attach_reactions(
+    messages: &mut [Message],
+    rows: impl IntoIterator<Item = (String, String, String)>,
+) -> Result<(), StoreError> {
+    let mut by_message: HashMap<String, Vec<(Emoji, UserId)>> = HashMap::new();
+    for (message, emoji, user) in rows {
+        let emoji = Emoji::parse(&emoji).map_err(|_| corrupt("emoji"))?;
+        let user = UserId::parse(&user).map_err(|_| corrupt("reaction user id"))?;
+        by_message.entry(message).or_default().push((emoji, user));
+    }
+    for m in messages {
+        if let Some(pairs) = by_message.remove(m.message_id.as_str()) {
+            m.reactions = Reaction::group(pairs);
+        }
+    }
+    Ok(())
+}
+
+/// A logged change as the event the members got (`store` lifecycle contract): `kind` is
+/// `edited`, `deleted` or `reaction`; `text` the message's current text; `None` for an edit
+/// of a message deleted since.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn change_event(
+    room: &RoomId,
+    kind: &str,
+    message_id: &str,
+    user_id: &str,
+    emoji: Option<String>,
+    added: Option<bool>,
+    count: Option<i64>,
+    at: i64,
+    text: String,
+    deleted: bool,
+) -> Result<Option<RoomEvent>, StoreError> {
+    let message_id = MessageId::parse(message_id).map_err(|_| corrupt("change message id"))?;
+    let user_id = UserId::parse(user_id).map_err(|_| corrupt("change user id"))?;
+    Ok(Some(match kind {
+        "edited" if deleted => return Ok(None),
+        "edited" => RoomEvent::Edited {
+            room_id: room.clone(),
+            message_id,
+            message: MessageBody::from_stored(text),
+            edited_at: at as u64,
+            user_id,
+        },
+        "deleted" => RoomEvent::Deleted {
+            room_id: room.clone(),
+            message_id,
+            deleted_at: at as u64,
+            user_id,
+        },
+        "reaction" => RoomEvent::Reaction {
+            room_id: room.clone(),
+            message_id,
+            emoji: Emoji::parse(emoji.as_deref().unwrap_or(""))
+                .map_err(|_| corrupt("change emoji"))?,
+            user_id,
+            added: added.ok_or_else(|| corrupt("change"))?,
+            count: count.ok_or_else(|| corrupt("change"))? as u64,
+        },
+        _ => return Err(corrupt("change kind")),
+    }))
+}
+
+/// A read marker from `(user_id, message_id, read_at)`.
+pub(crate) fn read_marker(
+    room: &RoomId,
+    user: &str,
+    message: &str,
+    read_at: i64,
+) -> Result<ReadMarker, StoreError> {
+    Ok(ReadMarker {
+        room_id: room.clone(),
+        user_id: UserId::parse(user).map_err(|_| corrupt("reader id"))?,
+        message_id: MessageId::parse(message).map_err(|_| corrupt("read message id"))?,
+        read_at: read_at as u64,
     })
 }
 
@@ -171,6 +265,7 @@ pub(crate) fn room_from_row(
         last_message,
         created_at: row.int(3)? as u64,
         updated_at: row.int(4)? as u64,
+        unread_count: None,
     })
 }
 
@@ -188,6 +283,7 @@ pub(crate) fn outbox_entry_from_row(row: &impl Columns) -> Result<OutboxEntry, S
         serde_json::from_str(&row.text(5)?).map_err(|_| corrupt("outbox receivers"))?;
     Ok(OutboxEntry {
         seq: row.int(0)? as u64,
+        event: OutboxEvent::parse(&row.text(8)?).ok_or_else(|| corrupt("outbox event"))?,
         message_id: MessageId::parse(&row.text(1)?).map_err(|_| corrupt("outbox message id"))?,
         room_id: RoomId::parse(&row.text(2)?).map_err(|_| corrupt("outbox room id"))?,
         sender_id: user(&row.text(3)?)?,

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::Credentials;
-use crate::chat::{ChatConfig, ChatError, JoinRoom, SendMessage, Typing, wire};
-use crate::domain::{ClientMessageId, MessageBody, MessageId, MessageType, RoomId};
+use crate::chat::{ChangeMessage, ChatConfig, ChatError, JoinRoom, SendMessage, Typing, wire};
+use crate::domain::{ClientMessageId, Emoji, MessageBody, MessageId, MessageType, RoomId};
 
 pub enum Inbound {
     Authenticate(Credentials),
@@ -15,6 +15,9 @@ pub enum Inbound {
     Leave(RoomId),
     Send(SendMessage),
     Typing(Typing),
+    /// `edit_message`, `delete_message`, `add_reaction`, `remove_reaction`.
+    Change(ChangeMessage),
+    MarkRead(RoomId, MessageId),
 }
 
 /// A user id may arrive as a string or a number (old clients send numeric ids).
@@ -62,6 +65,18 @@ struct SendDto {
     message: String,
     message_type: Option<String>,
     client_message_id: Option<String>,
+    reply_to: Option<String>,
+}
+
+/// `edit_message`, `delete_message`, `add_reaction`, `remove_reaction`, `mark_read`: the
+/// fields each needs (`message` for an edit, `emoji` for a reaction).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageRefDto {
+    room_id: String,
+    message_id: String,
+    message: Option<String>,
+    emoji: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -116,7 +131,52 @@ pub fn parse(event: &str, data: Value, cfg: &ChatConfig) -> Result<Inbound, Chat
                     .as_deref()
                     .map(ClientMessageId::parse)
                     .transpose()?,
+                reply_to: d
+                    .reply_to
+                    .as_deref()
+                    .map(|r| {
+                        MessageId::parse(r).map_err(|_| {
+                            ChatError::InvalidPayload("replyTo must be a message id".into())
+                        })
+                    })
+                    .transpose()?,
             })
+        }
+        wire::EDIT_MESSAGE
+        | wire::DELETE_MESSAGE
+        | wire::ADD_REACTION
+        | wire::REMOVE_REACTION
+        | wire::MARK_READ => {
+            let d: MessageRefDto = decode(event, data)?;
+            let room_id = RoomId::parse(&d.room_id)?;
+            let message_id = MessageId::parse(&d.message_id)
+                .map_err(|_| ChatError::InvalidPayload("messageId must be a message id".into()))?;
+            let required = |field: Option<String>, name: &str| {
+                field.ok_or_else(|| {
+                    ChatError::InvalidPayload(format!("{event}: missing field `{name}`"))
+                })
+            };
+            match event {
+                wire::EDIT_MESSAGE => {
+                    let text = required(d.message, "message")?;
+                    Inbound::Change(ChangeMessage::edit(
+                        room_id,
+                        message_id,
+                        MessageBody::parse(&text, cfg.max_message_chars)?,
+                    ))
+                }
+                wire::DELETE_MESSAGE => Inbound::Change(ChangeMessage::delete(room_id, message_id)),
+                wire::MARK_READ => Inbound::MarkRead(room_id, message_id),
+                add => {
+                    let emoji = Emoji::parse(&required(d.emoji, "emoji")?)?;
+                    Inbound::Change(ChangeMessage::react(
+                        room_id,
+                        message_id,
+                        emoji,
+                        add == wire::ADD_REACTION,
+                    ))
+                }
+            }
         }
         wire::TYPING => {
             let d: TypingDto = decode(event, data)?;
@@ -139,6 +199,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const ID: &str = "65a1b2c3d4e5f60718293a4b";
+
     fn p(event: &str, data: Value) -> Result<Inbound, ChatError> {
         parse(event, data, &ChatConfig::default())
     }
@@ -157,6 +219,30 @@ mod tests {
                 json!({"roomId": "r", "message": "hi", "messageType": "system"}),
             ),
             ("typing", json!({"roomId": "r", "isTyping": "yes"})),
+            (
+                "send_message",
+                json!({"roomId": "r", "message": "hi", "replyTo": "nope"}),
+            ),
+            ("edit_message", json!({"roomId": "r", "messageId": ID})),
+            (
+                "edit_message",
+                json!({"roomId": "r", "messageId": ID, "message": " "}),
+            ),
+            (
+                "edit_message",
+                json!({"roomId": "r", "messageId": "x", "message": "hi"}),
+            ),
+            ("delete_message", json!({"roomId": "r"})),
+            ("add_reaction", json!({"roomId": "r", "messageId": ID})),
+            (
+                "add_reaction",
+                json!({"roomId": "r", "messageId": ID, "emoji": "a b"}),
+            ),
+            (
+                "remove_reaction",
+                json!({"roomId": "r", "messageId": ID, "emoji": "x".repeat(33)}),
+            ),
+            ("mark_read", json!({"roomId": "r", "messageId": 5})),
             ("nope", json!({})),
         ] {
             let e = p(event, data.clone())

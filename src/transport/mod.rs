@@ -74,6 +74,14 @@ async fn run_event(
             chat.typing(session, cmd).await?;
             Ok(json!({}))
         }
+        Inbound::Change(cmd) => {
+            let ack = chat.change_message(session, cmd).await?;
+            Ok(serde_json::to_value(ack).unwrap_or_default())
+        }
+        Inbound::MarkRead(room, message) => {
+            let marker = chat.mark_read(session, room, message).await?;
+            Ok(json!({"messageId": marker.message_id, "readAt": marker.read_at}))
+        }
     }
 }
 

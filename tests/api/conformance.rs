@@ -46,16 +46,16 @@ async fn embedded_store_keeps_its_wal_short_under_sustained_commits() {
     for i in 0..2000 {
         let now = now_ms();
         store
-            .append(Message {
-                message_id: MessageId::generate(now),
-                room_id: RoomId::parse(&format!("wal-room-{}", i % 50)).unwrap(),
-                user_id: user.clone(),
-                username: Username::parse("wal writer").unwrap(),
-                message: MessageBody::parse(&format!("message {i}"), 4000).unwrap(),
-                message_type: MessageType::Text,
-                timestamp: now,
-                client_message_id: None,
-            })
+            .append(Message::new(
+                MessageId::generate(now),
+                RoomId::parse(&format!("wal-room-{}", i % 50)).unwrap(),
+                user.clone(),
+                Username::parse("wal writer").unwrap(),
+                MessageBody::parse(&format!("message {i}"), 4000).unwrap(),
+                MessageType::Text,
+                now,
+                None,
+            ))
             .await
             .expect("append");
     }
@@ -223,16 +223,16 @@ async fn embedded_store_opens_a_database_written_by_the_sqlx_writer() {
     let alice = UserId::parse("alice").unwrap();
     let message = |text: &str, client: &str| {
         let now = now_ms();
-        Message {
-            message_id: MessageId::generate(now),
-            room_id: room.clone(),
-            user_id: alice.clone(),
-            username: Username::parse("Alice").unwrap(),
-            message: MessageBody::parse(text, 4000).unwrap(),
-            message_type: MessageType::Text,
-            timestamp: now,
-            client_message_id: Some(ClientMessageId::parse(client).unwrap()),
-        }
+        Message::new(
+            MessageId::generate(now),
+            room.clone(),
+            alice.clone(),
+            Username::parse("Alice").unwrap(),
+            MessageBody::parse(text, 4000).unwrap(),
+            MessageType::Text,
+            now,
+            Some(ClientMessageId::parse(client).unwrap()),
+        )
     };
     // The old idempotency key holds: a replay returns the stored message.
     let replay = store

@@ -96,16 +96,16 @@ impl Run {
 
 /// A new message (fresh id, current time) of `user` in `room`.
 pub fn message(room: &RoomId, user: &UserId, text: &str, cmid: Option<&str>) -> Message {
-    Message {
-        message_id: MessageId::generate(now_ms()),
-        room_id: room.clone(),
-        user_id: user.clone(),
-        username: Username::parse(user.as_str()).expect("username"),
-        message: MessageBody::from_stored(text.to_string()),
-        message_type: MessageType::Text,
-        timestamp: now_ms(),
-        client_message_id: cmid.map(|c| ClientMessageId::parse(c).expect("client message id")),
-    }
+    Message::new(
+        MessageId::generate(now_ms()),
+        room.clone(),
+        user.clone(),
+        Username::parse(user.as_str()).expect("username"),
+        MessageBody::from_stored(text.to_string()),
+        MessageType::Text,
+        now_ms(),
+        cmid.map(|c| ClientMessageId::parse(c).expect("client message id")),
+    )
 }
 
 fn texts(messages: &[Message]) -> Vec<String> {

@@ -19,11 +19,15 @@
 //! - `schema.rs`: the tables and indexes, created at open.
 //! - `writes.rs`: the writer: its connection, the batch's transaction, appends, room creation,
 //!   members.
-//! - `reads.rs`: history, `after`, rooms.
+//! - `reads.rs`: history, `after`, rooms (with unread counts), one message, the change log
+//!   since a message, read receipts.
+//! - `lifecycle.rs`: the writer's side of SPEC 10: edits, deletes, reactions, the change
+//!   log, read markers.
 //! - `outbox.rs`: the entries written beside their messages, pending entries, marking sent.
 //! - `checkpoint.rs`: the checkpointer thread that keeps the WAL short beside the writer.
 
 mod checkpoint;
+mod lifecycle;
 mod outbox;
 mod reads;
 mod schema;
@@ -43,8 +47,10 @@ use tokio::sync::Notify;
 
 use super::batch::{OutboxState, Write, Writes};
 use super::rows::Columns;
-use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError};
-use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId};
+use super::{Appended, Changed, MarkedRead, MessageStore, OutboxConfig, OutboxEntry, StoreError};
+use crate::domain::{
+    Message, MessageChange, MessageId, NewRoom, ReadMarker, Room, RoomEvent, RoomId, UserId,
+};
 
 pub struct EmbeddedStore {
     writes: Writes<Write>,
@@ -212,6 +218,35 @@ impl MessageStore for EmbeddedStore {
 
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError> {
         reads::rooms_of(&self.reads, user).await
+    }
+
+    async fn get_message(
+        &self,
+        room: &RoomId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        reads::message(&self.reads, room, id).await
+    }
+
+    async fn change(&self, change: MessageChange) -> Result<Changed, StoreError> {
+        self.writes.change(change).await
+    }
+
+    async fn changes_since(
+        &self,
+        room: &RoomId,
+        since: &MessageId,
+        limit: usize,
+    ) -> Result<Option<Vec<RoomEvent>>, StoreError> {
+        reads::changes_since(&self.reads, room, since, limit).await
+    }
+
+    async fn mark_read(&self, marker: ReadMarker) -> Result<MarkedRead, StoreError> {
+        self.writes.mark_read(marker).await
+    }
+
+    async fn receipts(&self, room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
+        reads::receipts(&self.reads, room).await
     }
 
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {

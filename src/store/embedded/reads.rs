@@ -4,10 +4,11 @@
 use sqlx::sqlite::SqlitePool;
 
 use super::internal;
-use crate::domain::{Message, MessageId, Room, RoomId, UserId};
+use crate::domain::{Message, MessageId, ReadMarker, Room, RoomEvent, RoomId, UserId};
 use crate::store::StoreError;
 use crate::store::rows::{
-    message_columns, message_from_row, room_columns, room_from_row, user_ids,
+    attach_reactions, change_event, message_columns, message_from_row, read_marker, room_columns,
+    room_from_row, user_ids,
 };
 
 pub(super) async fn history(
@@ -39,7 +40,131 @@ pub(super) async fn history(
         .map(message_from_row)
         .collect::<Result<Vec<_>, _>>()?;
     messages.reverse();
+    with_reactions(pool, messages).await
+}
+
+/// The messages with their reactions (one query for the page).
+async fn with_reactions(
+    pool: &SqlitePool,
+    mut messages: Vec<Message>,
+) -> Result<Vec<Message>, StoreError> {
+    if messages.is_empty() {
+        return Ok(messages);
+    }
+    let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT message_id, emoji, user_id FROM reactions
+         WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+    )
+    .bind(serde_json::to_string(&ids).map_err(|e| StoreError::Internal(e.to_string()))?)
+    .fetch_all(pool)
+    .await
+    .map_err(internal)?;
+    attach_reactions(&mut messages, rows)?;
     Ok(messages)
+}
+
+pub(super) async fn message(
+    pool: &SqlitePool,
+    room: &RoomId,
+    id: &MessageId,
+) -> Result<Option<Message>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        message_columns!(""),
+        " FROM messages WHERE message_id = ? AND room_id = ?"
+    ))
+    .bind(id.as_str())
+    .bind(room.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(internal)?;
+    match row {
+        Some(row) => Ok(with_reactions(pool, vec![message_from_row(&row)?])
+            .await?
+            .pop()),
+        None => Ok(None),
+    }
+}
+
+/// The logged changes of the room's messages up to `since`, made at or after its time.
+pub(super) async fn changes_since(
+    pool: &SqlitePool,
+    room: &RoomId,
+    since: &MessageId,
+    limit: usize,
+) -> Result<Option<Vec<RoomEvent>>, StoreError> {
+    let Some((seq, ts)) = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT seq, timestamp FROM messages WHERE message_id = ? AND room_id = ?",
+    )
+    .bind(since.as_str())
+    .bind(room.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(internal)?
+    else {
+        return Ok(None);
+    };
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<bool>,
+        Option<i64>,
+        i64,
+        String,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.kind, c.message_id, c.user_id, c.emoji, c.added, c.count, c.at, m.message,
+                m.deleted_at
+         FROM message_changes c JOIN messages m ON m.message_id = c.message_id
+         WHERE c.room_id = ? AND c.at >= ? AND m.seq <= ?
+         ORDER BY c.seq LIMIT ?",
+    )
+    .bind(room.as_str())
+    .bind(ts)
+    .bind(seq)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(internal)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (kind, message_id, user, emoji, added, count, at, text, deleted_at) in rows {
+        if let Some(e) = change_event(
+            room,
+            &kind,
+            &message_id,
+            &user,
+            emoji,
+            added,
+            count,
+            at,
+            text,
+            deleted_at.is_some(),
+        )? {
+            events.push(e);
+        }
+    }
+    Ok(Some(events))
+}
+
+pub(super) async fn receipts(
+    pool: &SqlitePool,
+    room: &RoomId,
+) -> Result<Vec<ReadMarker>, StoreError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT user_id, message_id, read_at FROM read_markers WHERE room_id = ?
+         ORDER BY read_at, user_id",
+    )
+    .bind(room.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(internal)?;
+    rows.iter()
+        .map(|(u, m, at)| read_marker(room, u, m, *at))
+        .collect()
 }
 
 pub(super) async fn after(
@@ -63,10 +188,11 @@ pub(super) async fn after(
     .fetch_all(pool)
     .await
     .map_err(internal)?;
-    rows.iter()
+    let messages = rows
+        .iter()
         .map(message_from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+        .collect::<Result<Vec<_>, _>>()?;
+    with_reactions(pool, messages).await.map(Some)
 }
 
 /// The `seq` of message `id` when it belongs to `room`.
@@ -104,12 +230,18 @@ pub(super) async fn room(pool: &SqlitePool, room_id: &str) -> Result<Option<Room
 
 /// The rooms `user` takes part in, most recently active first (1000 at most).
 pub(super) async fn rooms_of(pool: &SqlitePool, user: &UserId) -> Result<Vec<Room>, StoreError> {
+    // The unread count is a column of the same query (SPEC 10: one query per page of rooms):
+    // messages of others after the caller's marker, tombstones not counted.
     let rows = sqlx::query(concat!(
         "SELECT ",
         room_columns!("r."),
-        " FROM rooms r
+        ", (SELECT COUNT(*) FROM messages m
+              WHERE m.room_id = r.room_id AND m.user_id <> ?1 AND m.deleted_at IS NULL
+                AND m.seq > COALESCE((SELECT k.seq FROM read_markers k
+                                      WHERE k.room_id = r.room_id AND k.user_id = ?1), 0))
+         FROM rooms r
          JOIN room_participants p ON p.room_id = r.room_id
-         WHERE p.user_id = ? ORDER BY COALESCE(r.last_timestamp, r.updated_at) DESC LIMIT 1000"
+         WHERE p.user_id = ?1 ORDER BY COALESCE(r.last_timestamp, r.updated_at) DESC LIMIT 1000"
     ))
     .bind(user.as_str())
     .fetch_all(pool)
@@ -118,7 +250,10 @@ pub(super) async fn rooms_of(pool: &SqlitePool, user: &UserId) -> Result<Vec<Roo
     let mut rooms = Vec::with_capacity(rows.len());
     for row in &rows {
         let id: String = sqlx::Row::try_get(row, 0).map_err(internal)?;
-        rooms.push(room_from_row(row, participants(pool, &id).await?)?);
+        let unread: i64 = sqlx::Row::try_get(row, 8).map_err(internal)?;
+        let mut room = room_from_row(row, participants(pool, &id).await?)?;
+        room.unread_count = Some(unread as u64);
+        rooms.push(room);
     }
     Ok(rooms)
 }

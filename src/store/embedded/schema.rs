@@ -3,6 +3,12 @@
 //!
 //! `messages.seq` orders a room's history; the unique partial index on
 //! `(room_id, user_id, client_message_id)` is the idempotency key.
+//!
+//! Migrations (SPEC 10, message lifecycle): a file written before it gets the columns
+//! `messages.reply_to`, `edited_at`, `deleted_at` and `outbox.event` (`ALTER TABLE .. ADD
+//! COLUMN` when `table_info` lacks them; old rows read as never edited, not deleted,
+//! `message.sent`), and the tables `reactions`, `read_markers` and `message_changes` (the
+//! room's change log that `since` resume replays).
 
 use rusqlite::Connection;
 
@@ -52,12 +58,65 @@ const SCHEMA: &[&str] = &[
         message TEXT NOT NULL,
         timestamp INTEGER NOT NULL
     )",
+    "CREATE TABLE IF NOT EXISTS reactions (
+        message_id TEXT NOT NULL,
+        emoji TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        UNIQUE (message_id, emoji, user_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS read_markers (
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        read_at INTEGER NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS message_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        room_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        emoji TEXT,
+        added INTEGER,
+        count INTEGER,
+        at INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS message_changes_room ON message_changes(room_id, at)",
 ];
 
-/// Creates what is missing (on the writer's connection, at open).
+/// Columns added after the first schema: `(table, column, definition)`.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("messages", "reply_to", "TEXT"),
+    ("messages", "edited_at", "INTEGER"),
+    ("messages", "deleted_at", "INTEGER"),
+    ("outbox", "event", "TEXT NOT NULL DEFAULT 'message.sent'"),
+];
+
+/// Creates what is missing (on the writer's connection, at open), and adds the columns a file
+/// of an earlier version lacks.
 pub(super) fn create(conn: &Connection) -> Result<(), StoreError> {
     for stmt in SCHEMA {
         conn.execute(stmt, []).map_err(sqlite_error)?;
+    }
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present: bool = conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sqlite_error)?
+            > 0;
+        if !present {
+            conn.execute(
+                &format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"),
+                [],
+            )
+            .map_err(sqlite_error)?;
+        }
     }
     Ok(())
 }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::checkpoint::Checkpoints;
-use super::{Fields, outbox, sqlite_error};
-use crate::domain::{Message, NewRoom, Room, RoomId, UserId, now_ms};
+use super::{Fields, lifecycle, outbox, sqlite_error};
+use crate::domain::{Message, MessageChange, NewRoom, ReadMarker, Room, RoomId, UserId, now_ms};
 use crate::store::batch::{
     Answers, AppendRun, ApplyBatch, Failing, OutboxCount, OutboxState, Reply, Transaction, Write,
     apply_in_order, conclude, newest_per_room, refuse,
@@ -27,7 +27,7 @@ use crate::store::batch::{
 use crate::store::rows::{
     message_columns, message_from_row, room_columns, room_from_row, user_ids,
 };
-use crate::store::{Appended, Key, StoreError, key_of};
+use crate::store::{Appended, Changed, Key, MarkedRead, StoreError, key_of};
 
 /// The writer's page cache (`PRAGMA cache_size`, negative = KiB): 64 MiB. SQLite's default
 /// (2 MB) is less than the (room, seq) index of a million messages.
@@ -211,6 +211,18 @@ impl Transaction for Tx<'_> {
     async fn mark_sent(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
         outbox::mark_sent_in(self.0, seqs).map_err(sqlite_error)
     }
+
+    async fn change(
+        &mut self,
+        change: &MessageChange,
+        count: &mut OutboxCount,
+    ) -> Result<Changed, StoreError> {
+        lifecycle::change(self.0, change, count)
+    }
+
+    async fn mark_read(&mut self, marker: &ReadMarker) -> Result<MarkedRead, StoreError> {
+        lifecycle::mark_read(self.0, marker)
+    }
 }
 
 /// The stored messages whose idempotency keys the appends carry, by key.
@@ -251,8 +263,8 @@ fn insert_messages(conn: &Connection, fresh: &[Message]) -> rusqlite::Result<()>
     let now = now_ms() as i64;
     let mut insert = conn.prepare_cached(
         "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
-            timestamp, created_at, client_message_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            timestamp, created_at, client_message_id, reply_to)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for m in fresh {
         insert.execute(params![
@@ -265,6 +277,7 @@ fn insert_messages(conn: &Connection, fresh: &[Message]) -> rusqlite::Result<()>
             m.timestamp as i64,
             now,
             m.client_message_id.as_ref().map(|c| c.as_str()),
+            m.reply_to.as_ref().map(|r| r.as_str()),
         ])?;
     }
     let mut room = conn.prepare_cached(

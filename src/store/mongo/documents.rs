@@ -90,6 +90,11 @@ pub(super) fn message_from_doc(doc: &Document) -> Result<Message, StoreError> {
         timestamp,
         client_message_id: string(doc, "clientMessageId")
             .and_then(|c| ClientMessageId::parse(c).ok()),
+        reply_to: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
+        rev: 0,
     })
 }
 
@@ -134,6 +139,7 @@ pub(super) fn room_from_doc(doc: &Document) -> Result<Room, StoreError> {
         last_message,
         created_at,
         updated_at: millis(doc, "updatedAt").unwrap_or(created_at),
+        unread_count: None,
     })
 }
 
@@ -144,6 +150,7 @@ pub(super) fn outbox_entry_from_doc(doc: &Document) -> Result<OutboxEntry, Store
         .map_err(|_| corrupt("outbox entry"))?;
     let user = |s: &str| UserId::parse(s).map_err(|_| corrupt("outbox user id"));
     Ok(OutboxEntry {
+        event: crate::store::OutboxEvent::Sent,
         seq: integer(outbox, "seq").ok_or_else(|| corrupt("outbox seq"))?,
         message_id: message.message_id,
         room_id: message.room_id,

@@ -445,6 +445,7 @@ pub(super) async fn create_room(
             last_message: None,
             created_at: now,
             updated_at: now,
+            unread_count: None,
         };
         return Ok((created, true));
     }

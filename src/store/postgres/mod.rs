@@ -57,7 +57,10 @@ use tokio::sync::Notify;
 
 use super::batch::{OutboxState, Write, Writes};
 use super::{Appended, MessageStore, OutboxConfig, OutboxEntry, StoreError};
-use crate::domain::{Message, MessageId, NewRoom, Room, RoomId, UserId, now_ms};
+use crate::domain::{
+    Message, MessageChange, MessageId, NewRoom, ReadMarker, Room, RoomEvent, RoomId, UserId, now_ms,
+};
+use crate::store::{Changed, MarkedRead};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -184,6 +187,45 @@ impl MessageStore for PostgresStore {
 
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError> {
         reads::rooms_of(&self.pool, user).await
+    }
+
+    async fn get_message(
+        &self,
+        _room: &RoomId,
+        _id: &MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        Err(StoreError::Internal(
+            "lifecycle: not yet on this store".into(),
+        ))
+    }
+
+    async fn change(&self, _change: MessageChange) -> Result<Changed, StoreError> {
+        Err(StoreError::Internal(
+            "lifecycle: not yet on this store".into(),
+        ))
+    }
+
+    async fn changes_since(
+        &self,
+        _room: &RoomId,
+        _since: &MessageId,
+        _limit: usize,
+    ) -> Result<Option<Vec<RoomEvent>>, StoreError> {
+        Err(StoreError::Internal(
+            "lifecycle: not yet on this store".into(),
+        ))
+    }
+
+    async fn mark_read(&self, _marker: ReadMarker) -> Result<MarkedRead, StoreError> {
+        Err(StoreError::Internal(
+            "lifecycle: not yet on this store".into(),
+        ))
+    }
+
+    async fn receipts(&self, _room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
+        Err(StoreError::Internal(
+            "lifecycle: not yet on this store".into(),
+        ))
     }
 
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {

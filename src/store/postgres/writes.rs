@@ -321,6 +321,25 @@ impl Transaction for PgConnection {
         Ok(())
     }
 
+    async fn change(
+        &mut self,
+        _change: &crate::domain::MessageChange,
+        _count: &mut OutboxCount,
+    ) -> Result<crate::store::Changed, StoreError> {
+        Err(StoreError::Internal(
+            "lifecycle: not yet on this store".into(),
+        ))
+    }
+
+    async fn mark_read(
+        &mut self,
+        _marker: &crate::domain::ReadMarker,
+    ) -> Result<crate::store::MarkedRead, StoreError> {
+        Err(StoreError::Internal(
+            "lifecycle: not yet on this store".into(),
+        ))
+    }
+
     async fn mark_sent(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
         outbox::mark_sent_in(self, seqs).await
     }

@@ -1,9 +1,11 @@
-//! REST (SPEC 4): health and readiness, message history, rooms, the OpenAPI document
+//! REST (SPEC 4): health and readiness, message history, rooms, the message lifecycle of
+//! SPEC 10 (`lifecycle.rs`), the OpenAPI document
 //! (`openapi.rs`) and the Prometheus metrics (`metrics.rs`). Every route lives under `/api/chat/...` and, for the gateway example of the
 //! old README, also under `/chat/...`. Handlers are thin: extract, call one `ChatService`
 //! method, map.
 
 mod error;
+mod lifecycle;
 mod metrics;
 mod openapi;
 
@@ -15,13 +17,13 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::auth::Credentials;
 use crate::chat::{ChatError, ChatService};
-use crate::domain::{Identity, MessageId, RoomId, RoomType, UserId};
+use crate::domain::{Identity, MessageId, RoomId, RoomType, UserId, history_items};
 pub use error::ApiError;
 
 #[derive(Clone)]
@@ -35,7 +37,17 @@ pub fn router(state: HttpState) -> Router {
     let chat_routes = Router::new()
         .route("/rooms", get(list_rooms).post(create_room))
         .route("/rooms/{room_id}", get(get_room))
-        .route("/{room_id}/history", get(history));
+        .route("/{room_id}/history", get(history))
+        .route(
+            "/{room_id}/messages/{message_id}",
+            axum::routing::patch(lifecycle::edit).delete(lifecycle::delete),
+        )
+        .route(
+            "/{room_id}/messages/{message_id}/reactions/{emoji}",
+            put(lifecycle::add_reaction).delete(lifecycle::remove_reaction),
+        )
+        .route("/{room_id}/read", post(lifecycle::mark_read))
+        .route("/{room_id}/receipts", get(lifecycle::receipts));
     let document = Bytes::from(openapi::document(
         state.chat.authenticator().requires_token(),
         state.metrics_token.is_some(),
@@ -162,7 +174,9 @@ async fn history(
         .chat
         .history(who.as_ref(), &room, limit, before.as_ref())
         .await?;
-    Ok(Json(json!({"success": true, "messages": messages})))
+    Ok(Json(
+        json!({"success": true, "messages": history_items(&messages)}),
+    ))
 }
 
 async fn list_rooms(
