@@ -63,12 +63,17 @@ pub const CLOSE_REASONS: [&str; 7] = [
 ];
 
 /// The `event` label of `chat_events_total`: the client events, and `other` for any other name.
-pub const EVENTS: [&str; 6] = [
+pub const EVENTS: [&str; 11] = [
     "authenticate",
     "join_room",
     "leave_room",
     "send_message",
     "typing",
+    "edit_message",
+    "delete_message",
+    "add_reaction",
+    "remove_reaction",
+    "mark_read",
     "other",
 ];
 
@@ -262,7 +267,7 @@ pub struct Metrics {
     pub authenticated_users: Gauge,
     pub rooms_local: Gauge,
     /// By event, then outcome.
-    events: [[Counter; 13]; 6],
+    events: [[Counter; OUTCOMES.len()]; EVENTS.len()],
     pub messages_stored: Counter,
     pub messages_duplicate: Counter,
     /// Room events handed to local recipients' outboxes.
@@ -270,8 +275,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub durable_write: Histogram,
     /// By room event kind.
-    pub bus_published: [Counter; 4],
-    pub bus_received: [Counter; 4],
+    pub bus_published: [Counter; ROOM_EVENTS.len()],
+    pub bus_received: [Counter; ROOM_EVENTS.len()],
     pub rate_limited: [Counter; 2],
     store: OnceLock<Arc<StoreStats>>,
     cache: OnceLock<Arc<HistoryCacheStats>>,
@@ -331,7 +336,7 @@ impl Metrics {
 
     /// A client event ran: `refused` is the error code of its refusal.
     pub fn event(&self, name: &str, refused: Option<&str>) {
-        let event = EVENTS[..5]
+        let event = EVENTS[..EVENTS.len() - 1]
             .iter()
             .position(|e| *e == name)
             .unwrap_or(EVENTS.len() - 1);

@@ -8,6 +8,7 @@ mod broker;
 mod burst;
 mod conformance;
 mod grpc_auth;
+mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;

@@ -315,3 +315,75 @@ async fn a_full_outbox_refuses_sends_until_the_broker_is_back() {
     }
     queue.delete().await;
 }
+
+#[tokio::test]
+async fn edits_and_deletes_are_notified_through_the_outbox() {
+    let mut queue = TestQueue::new().await;
+    let app = app_on(&queue, BROKER, &[]).await;
+    ready_becomes(&app, 200).await;
+    let room = crate::support::unique("notify-life");
+    let mut a = app.member("ann", &room).await;
+    let _b = app.member("bob", &room).await;
+    let sent = a.say(&room, "first text").await;
+    let id = sent["messageId"].clone();
+    let edited = a
+        .emit_ack(
+            "edit_message",
+            json!({"roomId": room, "messageId": id, "message": "second text"}),
+        )
+        .await;
+    assert_eq!(edited["success"], true, "{edited}");
+    // Reactions and read markers are not notified; a second delete is not either.
+    let r = a
+        .emit_ack(
+            "add_reaction",
+            json!({"roomId": room, "messageId": id, "emoji": "👍"}),
+        )
+        .await;
+    assert_eq!(r["success"], true);
+    let deleted = a
+        .emit_ack("delete_message", json!({"roomId": room, "messageId": id}))
+        .await;
+    assert_eq!(deleted["success"], true);
+    a.emit_ack("delete_message", json!({"roomId": room, "messageId": id}))
+        .await;
+    let last = a.say(&room, "after").await;
+
+    let e = queue.next().await;
+    assert_eq!(e["eventType"], "message.sent");
+    assert_eq!(e["data"]["messageId"], id);
+    // The delete erased the text of the events still pending (at-least-once: the relay may
+    // have sent it already).
+    assert!(
+        e["data"]["message"] == "first text" || e["data"]["message"] == "",
+        "{e}"
+    );
+    let e = queue.next().await;
+    assert_eq!(e["eventType"], "message.edited");
+    assert_eq!(
+        keys(&e["data"]),
+        ["editedAt", "message", "messageId", "receiverIds", "roomId", "userId"]
+    );
+    assert_eq!(e["data"]["editedAt"], edited["editedAt"]);
+    assert_eq!(e["data"]["receiverIds"], json!(["bob"]));
+    assert_eq!(e["data"]["userId"], "ann");
+    assert!(
+        e["data"]["message"] == "second text" || e["data"]["message"] == "",
+        "{e}"
+    );
+    let e = queue.next().await;
+    assert_eq!(e["eventType"], "message.deleted");
+    assert_eq!(
+        keys(&e["data"]),
+        ["deletedAt", "messageId", "receiverIds", "roomId", "userId"]
+    );
+    assert_eq!(e["data"]["deletedAt"], deleted["deletedAt"]);
+    assert_eq!(e["data"]["messageId"], id);
+    let e = queue.next().await;
+    assert_eq!(
+        (e["eventType"].clone(), e["data"]["messageId"].clone()),
+        (json!("message.sent"), last["messageId"].clone()),
+        "nothing between the delete and the next message"
+    );
+    queue.delete().await;
+}

@@ -216,6 +216,35 @@ impl SioClient {
         self.event_within(name, pred, WAIT).await
     }
 
+    /// Waits for the oldest unconsumed event whose name is one of `names`, consumes it and
+    /// returns its name and data (so the order of different events can be checked).
+    #[allow(dead_code)] // not every test crate that includes this file uses it
+    pub async fn next_of(&mut self, names: &[&str]) -> (String, Value) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut inbox = self.inbox.lock();
+                if let Some(i) = inbox
+                    .events
+                    .iter()
+                    .position(|(n, _)| names.contains(&n.as_str()))
+                {
+                    return inbox.events.remove(i).expect("index");
+                }
+                if inbox.closed {
+                    panic!("connection closed while waiting for one of {names:?}");
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "none of {names:?} within {WAIT:?}; got {}",
+                    summary(&self.inbox.lock().events)
+                );
+            }
+        }
+    }
+
     /// Like `event_where` with a custom deadline.
     pub async fn event_within(
         &mut self,
