@@ -70,6 +70,23 @@ function withStorage(env) {
   throw new Error(`E2E_STORAGE=${STORAGE}: expected embedded, postgres or mongodb`);
 }
 
+/**
+ * The environment of a store every instance shares: the E2E_STORAGE one, or PostgreSQL when
+ * the suite runs on the embedded store. The message lifecycle (SPEC 10) changes messages in
+ * the store that holds them, so across two instances it needs a shared store (an embedded
+ * store is private to its instance; docs/ARCHITECTURE.md).
+ */
+export function sharedStoreEnv() {
+  const saved = STORAGE;
+  if (saved !== 'embedded') return withStorage({});
+  const url = process.env.POSTGRES_TEST_URL || 'postgres://postgres@127.0.0.1:5432/test';
+  const schema = uid('e2e').replace(/-/g, '_');
+  execFileSync('psql', [url, '-qc', `CREATE SCHEMA "${schema}"`]);
+  pgSchemas.add(schema);
+  const sep = url.includes('?') ? '&' : '?';
+  return { STORAGE: 'postgres', DATABASE_URL: `${url}${sep}options=-c%20search_path%3D${schema}` };
+}
+
 // The three ways a socket.io-client can talk to the server.
 export const MODES = [
   { name: 'polling', transports: ['polling'] },
@@ -460,6 +477,16 @@ export function assertMessageShape(m, expected = {}) {
   assert.ok(Number.isInteger(m.timestamp), `timestamp must be an integer: ${m.timestamp}`);
   assert.ok(m.timestamp > 1.6e12 && m.timestamp < Date.now() + 60000, `timestamp plausible epoch ms: ${m.timestamp}`);
   for (const [k, v] of Object.entries(expected)) assert.deepEqual(m[k], v, `message.${k}`);
+}
+
+/**
+ * A message_history / REST history item: the new_message fields plus `reactions` (SPEC 10;
+ * `replyTo`, `editedAt` and `deleted` only when they apply).
+ */
+export function assertHistoryItemShape(m, expected = {}) {
+  const { reactions, ...rest } = m;
+  assert.ok(Array.isArray(reactions), `history item reactions: ${JSON.stringify(m)}`);
+  assertMessageShape(rest, expected);
 }
 
 /** A refused event: failed ack {success:false, error:{code,message}} with the given code. */

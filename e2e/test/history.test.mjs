@@ -2,7 +2,7 @@
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  MODES, startServer, socketPool, uid, emitAck, waitFor, join, send, assertMessageShape,
+  MODES, startServer, socketPool, uid, emitAck, waitFor, join, send, assertMessageShape, assertHistoryItemShape,
 } from './helpers.mjs';
 
 describe('history', () => {
@@ -37,10 +37,10 @@ describe('history', () => {
         const { history } = await join(b, roomId);
         assert.equal(history.length, 8);
         history.forEach((m, i) => {
-          assertMessageShape(m);
+          assertHistoryItemShape(m);
           assert.deepEqual(m, {
             messageId: acks[i].messageId, roomId, userId: a.userId, username: 'Writer', message: `h${i}`,
-            messageType: i % 3 === 1 ? 'image' : 'text', timestamp: acks[i].timestamp,
+            messageType: i % 3 === 1 ? 'image' : 'text', timestamp: acks[i].timestamp, reactions: [],
           });
         });
         // joining again (same connection) gets the history again, unchanged

@@ -2,7 +2,7 @@
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  MODES, startServer, socketPool, uid, emitAck, join, send, api, keysOf, assertMessageShape,
+  MODES, startServer, socketPool, uid, emitAck, join, send, api, keysOf, assertMessageShape, assertHistoryItemShape,
   assertFailedAck, expectErrorEvent, connect, waitFor,
 } from './helpers.mjs';
 
@@ -87,10 +87,10 @@ describe('REST history', () => {
     assert.equal(r.body.success, true);
     assert.deepEqual(texts(r), ['m0', 'm1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7', 'm8', 'm9']);
     r.body.messages.forEach((m, i) => {
-      assertMessageShape(m);
+      assertHistoryItemShape(m);
       assert.deepEqual(m, {
         messageId: acks[i].messageId, roomId, userId: writer, username: 'Writer', message: `m${i}`,
-        messageType: 'text', timestamp: acks[i].timestamp,
+        messageType: 'text', timestamp: acks[i].timestamp, reactions: [],
       });
     });
   });

@@ -170,7 +170,7 @@ describe('wscat (README example, typed on stdin)', () => {
     const r = await api(server, 'GET', '/api/chat/room-123/history?limit=50');
     assert.equal(r.status, 200, r.text);
     assert.equal(r.body.success, true, r.text);
-    assert.deepEqual(r.body.messages, [m]);
+    assert.deepEqual(r.body.messages, [{ ...m, reactions: [] }]);
   });
 
   for (const mode of MODES) {
