@@ -38,7 +38,7 @@ const WRITER_CACHE: i64 = -65536;
 const WAL_SIZE_LIMIT: i64 = 16 * 1024 * 1024;
 
 /// Prepared statements the connection keeps (every statement of the writer, with room).
-const STATEMENTS: usize = 32;
+const STATEMENTS: usize = 64;
 
 /// Opens the writer's connection on `file` (created when missing): WAL, `synchronous=FULL`
 /// (the WAL is fsynced at every commit, so a commit is durable when it returns), and no
