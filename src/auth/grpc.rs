@@ -38,6 +38,9 @@ pub struct GrpcAuthConfig {
 
 pub struct GrpcAuth {
     client: AuthServiceClient<Channel>,
+    /// Whether the last call failed to reach the Auth Service: its state changes are logged
+    /// once each (warn when it goes, info when it is back), not once per call.
+    down: std::sync::atomic::AtomicBool,
     cache_ttl: Duration,
     cache: Mutex<HashMap<String, (Authenticated, Instant)>>,
 }
@@ -51,9 +54,23 @@ impl GrpcAuth {
             .timeout(cfg.timeout);
         Ok(Self {
             client: AuthServiceClient::new(endpoint.connect_lazy()),
+            down: std::sync::atomic::AtomicBool::new(false),
             cache_ttl: cfg.cache_ttl,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Records whether a call reached the Auth Service; logs a change of state once.
+    fn reached(&self, ok: Result<(), &tonic::Status>) {
+        use std::sync::atomic::Ordering;
+        let was_down = self.down.swap(ok.is_err(), Ordering::Relaxed);
+        match ok {
+            Err(status) if !was_down => {
+                tracing::warn!(code = %status.code(), "Auth Service unavailable: token checks fail with `unavailable` until it is back");
+            }
+            Ok(()) if was_down => tracing::info!("Auth Service reachable again"),
+            _ => {}
+        }
     }
 
     fn cached(&self, token: &str) -> Option<Authenticated> {
@@ -118,7 +135,11 @@ impl Authenticator for GrpcAuth {
             })
             .await
             .map(|_| ())
-            .map_err(|status| AuthError::Unavailable(format!("Auth Service: {}", status.code())))
+            .inspect(|()| self.reached(Ok(())))
+            .map_err(|status| {
+                self.reached(Err(&status));
+                AuthError::Unavailable(format!("Auth Service: {}", status.code()))
+            })
     }
 
     async fn authenticate(&self, c: Credentials) -> Result<Authenticated, AuthError> {
@@ -136,7 +157,11 @@ impl Authenticator for GrpcAuth {
                 token: token.clone(),
             })
             .await
-            .map_err(|status| AuthError::Unavailable(format!("Auth Service: {}", status.code())))?
+            .inspect(|_| self.reached(Ok(())))
+            .map_err(|status| {
+                self.reached(Err(&status));
+                AuthError::Unavailable(format!("Auth Service: {}", status.code()))
+            })?
             .into_inner();
         if !answer.valid {
             return Err(AuthError::Failed("invalid token".into()));

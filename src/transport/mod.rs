@@ -34,6 +34,18 @@ pub async fn dispatch(
     data: Result<Value, String>,
 ) -> Result<Value, ChatError> {
     let result = run_event(chat, session, event, data).await;
+    if let Err(e) = &result {
+        // Every refusal at debug, with the connection's ids (the event name only when it is
+        // one of ours: a client may send any name).
+        let known = wire::CLIENT_EVENTS.iter().find(|e| **e == event);
+        tracing::debug!(
+            conn = %session.socket_id(),
+            user = session.identity().map_or("", |i| i.user_id.as_str()),
+            event = known.copied().unwrap_or("other"),
+            code = e.code(),
+            "event refused"
+        );
+    }
     chat.metrics()
         .event(event, result.as_ref().err().map(ChatError::code));
     result

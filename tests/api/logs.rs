@@ -182,6 +182,27 @@ async fn json_logs_are_one_object_per_line_with_ids_and_no_secrets() {
     };
     assert!(has_field(&run.user), "no field carries the user id");
     assert!(has_field(&run.room), "no field carries the room id");
+    // Every close with its reason, and every refusal with its code, at debug.
+    let line = |message: &str, field: &str, value: &str| {
+        lines.iter().any(|l| {
+            l["message"] == message
+                && l["level"] == "DEBUG"
+                && l.iter().any(|(k, v)| k == field && v == value)
+        })
+    };
+    assert!(
+        line("connection closed", "reason", "client"),
+        "a close with its reason: {messages:?}"
+    );
+    assert!(
+        line("connection closed", "transport", "raw")
+            && line("connection closed", "transport", "socketio"),
+        "both sessions' closes: {messages:?}"
+    );
+    assert!(
+        line("event refused", "code", "auth_failed"),
+        "the bad token's refusal: {messages:?}"
+    );
     run.assert_no_secret();
 }
 

@@ -362,7 +362,14 @@ async fn edits_and_deletes_are_notified_through_the_outbox() {
     assert_eq!(e["eventType"], "message.edited");
     assert_eq!(
         keys(&e["data"]),
-        ["editedAt", "message", "messageId", "receiverIds", "roomId", "userId"]
+        [
+            "editedAt",
+            "message",
+            "messageId",
+            "receiverIds",
+            "roomId",
+            "userId"
+        ]
     );
     assert_eq!(e["data"]["editedAt"], edited["editedAt"]);
     assert_eq!(e["data"]["receiverIds"], json!(["bob"]));

@@ -280,6 +280,23 @@ impl<C: Codec> Conn<C> {
     /// The end of the session: the running event finishes (a store write is never cut in
     /// half), then, unless the server closed the session, the events already received run;
     /// the chat forgets the connection.
+    /// Logs the session's end at debug: its ids, transport and close reason (never a token
+    /// or a text).
+    pub(super) fn log_closed(&self, transport: crate::metrics::Transport, reason: CloseReason) {
+        let user = self
+            .session
+            .as_ref()
+            .and_then(|s| s.identity())
+            .map(|i| i.user_id.to_string());
+        tracing::debug!(
+            conn = %self.socket_id,
+            user = user.as_deref().unwrap_or(""),
+            transport = crate::metrics::TRANSPORTS[transport as usize],
+            reason = crate::metrics::CLOSE_REASONS[reason as usize],
+            "connection closed"
+        );
+    }
+
     pub(super) async fn finish_all(&mut self, run_pending: bool) {
         if let Some(running) = self.running.take() {
             let (session, outcome) = running.await;

@@ -360,7 +360,8 @@ async fn close<C: Codec, K: Carrier>(
         End::Server if slow => CloseReason::SlowConsumer,
         End::Server => conn.closing.unwrap_or(CloseReason::Server),
     };
-    conn.metrics()
-        .connection_closed(transport_of::<C>(carrier.polling()), reason);
+    let transport = transport_of::<C>(carrier.polling());
+    conn.log_closed(transport, reason);
+    conn.metrics().connection_closed(transport, reason);
     carrier.close::<C>(&conn.sink, end, slow).await;
 }
