@@ -25,6 +25,49 @@ impl Backend for Embedded {
     fn shared(&self) -> bool {
         false
     }
+
+    async fn raw_contains(&self, text: &str) -> bool {
+        sqlite_contains(&self.0.path().join("chat.db"), text).await
+    }
+}
+
+/// Whether `text` appears in any column of any row of any table of the SQLite file (read on
+/// a connection of its own, beside the store's).
+pub async fn sqlite_contains(file: &std::path::Path, text: &str) -> bool {
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+    let options = SqliteConnectOptions::new().filename(file).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .expect("open the database file");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+    for table in tables {
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+            .bind(&table)
+            .fetch_all(&mut conn)
+            .await
+            .expect("columns");
+        let any = columns
+            .iter()
+            .map(|c| format!("instr(CAST(\"{c}\" AS TEXT), ?1) > 0"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM \"{table}\" WHERE {any}"
+        )))
+        .bind(text)
+        .fetch_one(&mut conn)
+        .await
+        .expect("search a table");
+        if found > 0 {
+            return true;
+        }
+    }
+    false
 }
 
 #[tokio::test]

@@ -84,6 +84,41 @@ impl Backend for Mongo {
     fn shared(&self) -> bool {
         true
     }
+
+    async fn raw_contains(&self, text: &str) -> bool {
+        database_contains(&self.db, text).await
+    }
+}
+
+/// Whether `text` appears in any string (or key) of any document of any collection of `db`.
+async fn database_contains(db: &str, text: &str) -> bool {
+    use futures::TryStreamExt;
+    use mongodb::bson::{Bson, Document};
+    fn holds(v: &Bson, text: &str) -> bool {
+        match v {
+            Bson::String(s) => s.contains(text),
+            Bson::Array(items) => items.iter().any(|i| holds(i, text)),
+            Bson::Document(d) => d.iter().any(|(k, v)| k.contains(text) || holds(v, text)),
+            _ => false,
+        }
+    }
+    let db = client().await.database(db);
+    let names = db.list_collection_names().await.expect("collections");
+    assert!(!names.is_empty(), "the test database has collections");
+    for name in names {
+        let docs: Vec<Document> = db
+            .collection::<Document>(&name)
+            .find(doc! {})
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("documents");
+        if docs.iter().any(|d| holds(&Bson::Document(d.clone()), text)) {
+            return true;
+        }
+    }
+    false
 }
 
 #[tokio::test]

@@ -44,6 +44,40 @@ impl Backend for Postgres {
     fn shared(&self) -> bool {
         true
     }
+
+    async fn raw_contains(&self, text: &str) -> bool {
+        schema_contains(&self.schema, text).await
+    }
+}
+
+/// Whether `text` appears in any row of any table of `schema` (each row as its text form).
+async fn schema_contains(schema: &str, text: &str) -> bool {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&pg_url())
+        .await
+        .expect("connect to search the test schema");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = $1 AND table_type = 'BASE TABLE'",
+    )
+    .bind(schema)
+    .fetch_all(&mut conn)
+    .await
+    .expect("tables");
+    assert!(!tables.is_empty(), "the schema {schema} has tables");
+    for table in tables {
+        let found: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM \"{schema}\".\"{table}\" t WHERE strpos(t::text, $1) > 0)"
+        )))
+        .bind(text)
+        .fetch_one(&mut conn)
+        .await
+        .expect("search a table");
+        if found {
+            return true;
+        }
+    }
+    false
 }
 
 async fn drop_schema(schema: &str) {
