@@ -199,3 +199,220 @@ async fn two_instances_on_one_database_never_deadlock() {
         assert!(failures.is_empty(), "refused: {failures:?}");
     }
 }
+
+/// The schema as migration 1 created it before SPEC 10 (d25a967): a frozen copy, so that a
+/// later change of `schema.rs` cannot make the upgrade test pass by changing both sides.
+const SCHEMA_BEFORE_LIFECYCLE: &str = r#"
+    CREATE TABLE messages (
+        seq BIGSERIAL PRIMARY KEY,
+        message_id TEXT COLLATE "C" NOT NULL UNIQUE,
+        room_id TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        username TEXT NOT NULL,
+        message TEXT NOT NULL,
+        message_type TEXT NOT NULL,
+        timestamp BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        client_message_id TEXT COLLATE "C"
+    );
+    CREATE INDEX messages_room_seq ON messages (room_id, seq);
+    CREATE UNIQUE INDEX messages_idempotency ON messages (room_id, user_id, client_message_id)
+        WHERE client_message_id IS NOT NULL;
+    CREATE TABLE rooms (
+        room_id TEXT COLLATE "C" PRIMARY KEY,
+        type TEXT NOT NULL,
+        private BOOLEAN NOT NULL,
+        pair_key TEXT COLLATE "C" UNIQUE,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        last_content TEXT,
+        last_timestamp BIGINT,
+        last_sender TEXT COLLATE "C"
+    );
+    CREATE TABLE room_participants (
+        room_id TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    );
+    CREATE INDEX room_participants_user ON room_participants (user_id);
+    CREATE TABLE outbox (
+        seq BIGSERIAL PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        sender_id TEXT NOT NULL,
+        receiver_id TEXT,
+        receiver_ids JSONB NOT NULL,
+        message TEXT NOT NULL,
+        timestamp BIGINT NOT NULL,
+        claimed_by TEXT,
+        claimed_until TIMESTAMPTZ
+    );
+    CREATE TABLE chat_schema_migrations (
+        version INTEGER PRIMARY KEY,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    INSERT INTO chat_schema_migrations (version) VALUES (1);
+"#;
+
+/// A database written before SPEC 10 (migration 1 only, with messages, a room, participants
+/// and a pending outbox entry) is upgraded at open: its messages read back and take every
+/// lifecycle change, its old entry reads as `message.sent` and is blanked by a delete, and
+/// the upgraded database opens again.
+#[tokio::test]
+async fn postgres_store_upgrades_a_database_written_before_the_lifecycle() {
+    use std::str::FromStr;
+
+    use chat_service::domain::{
+        ClientMessageId, Message, MessageBody, MessageId, MessageType, RoomId, UserId, Username,
+        now_ms,
+    };
+    use chat_service::store::OutboxEvent;
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+    let schema = unique("chat_old_");
+    let mut admin = PgConnection::connect(&pg_url()).await.expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("create the schema");
+    let options = PgConnectOptions::from_str(&pg_url())
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let mut old = PgConnection::connect_with(&options).await.expect("connect");
+    sqlx::raw_sql(SCHEMA_BEFORE_LIFECYCLE)
+        .execute(&mut old)
+        .await
+        .expect("the old schema");
+    let t0 = now_ms() - 10_000;
+    let ids: Vec<String> = (0..3)
+        .map(|i| MessageId::generate(t0 + i).as_str().to_string())
+        .collect();
+    sqlx::query(
+        "INSERT INTO rooms (room_id, type, private, created_at, updated_at, last_content,
+            last_timestamp, last_sender)
+         VALUES ('old-room', 'group', false, $1, $2, 'old 2', $2, 'alice')",
+    )
+    .bind(t0 as i64)
+    .bind((t0 + 2) as i64)
+    .execute(&mut old)
+    .await
+    .expect("room");
+    sqlx::query(
+        "INSERT INTO room_participants (room_id, user_id) VALUES ('old-room', 'alice'),
+            ('old-room', 'bob')",
+    )
+    .execute(&mut old)
+    .await
+    .expect("participants");
+    for (i, id) in ids.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
+                timestamp, created_at, client_message_id)
+             VALUES ($1, 'old-room', 'alice', 'Alice', $2, 'text', $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(format!("old {i}"))
+        .bind((t0 + i as u64) as i64)
+        .bind(t0 as i64)
+        .bind(format!("client-{i}"))
+        .execute(&mut old)
+        .await
+        .expect("message");
+    }
+    sqlx::query(
+        "INSERT INTO outbox (message_id, room_id, sender_id, receiver_id, receiver_ids, message,
+            timestamp) VALUES ($1, 'old-room', 'alice', 'bob', '[\"bob\"]', 'old 2', $2)",
+    )
+    .bind(&ids[2])
+    .bind((t0 + 2) as i64)
+    .execute(&mut old)
+    .await
+    .expect("outbox entry");
+    old.close().await.expect("close");
+
+    let backend = Postgres {
+        schema: schema.clone(),
+    };
+    let outbox = Some(OutboxConfig { max_pending: 100 });
+    let store = backend.open(outbox).await.expect("open the old database");
+    let room = RoomId::parse("old-room").unwrap();
+    let (alice, bob) = (
+        UserId::parse("alice").unwrap(),
+        UserId::parse("bob").unwrap(),
+    );
+    let texts: Vec<String> = store
+        .history(&room, 10, None)
+        .await
+        .expect("history")
+        .iter()
+        .map(|m| m.message.as_str().to_string())
+        .collect();
+    assert_eq!(texts, ["old 0", "old 1", "old 2"]);
+    let pending = store.outbox_pending(10).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].event, pending[0].message.as_str()),
+        (OutboxEvent::Sent, "old 2"),
+        "an old entry reads as message.sent"
+    );
+    let replay = store
+        .append(Message::new(
+            MessageId::generate(now_ms()),
+            room.clone(),
+            alice.clone(),
+            Username::parse("Alice").unwrap(),
+            MessageBody::parse("replayed", 100).unwrap(),
+            MessageType::Text,
+            now_ms(),
+            Some(ClientMessageId::parse("client-1").unwrap()),
+        ))
+        .await
+        .expect("replay");
+    assert!(replay.duplicate, "the old idempotency key holds");
+    assert_eq!(replay.message.message_id.as_str(), ids[1]);
+
+    let old_ids: Vec<MessageId> = ids.iter().map(|i| MessageId::parse(i).unwrap()).collect();
+    conformance::lifecycle_on_old_messages(&*store, &room, &old_ids, &alice, &bob).await;
+    let pending = store.outbox_pending(10).await.expect("pending");
+    let events: Vec<(&str, OutboxEvent, &str)> = pending
+        .iter()
+        .map(|e| (e.message_id.as_str(), e.event, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (ids[2].as_str(), OutboxEvent::Sent, ""),
+            (
+                pending[1].message_id.as_str(),
+                OutboxEvent::Sent,
+                "a reply to an old message"
+            ),
+            (ids[0].as_str(), OutboxEvent::Edited, "old, edited"),
+            (ids[2].as_str(), OutboxEvent::Deleted, ""),
+        ],
+        "the old entry first, blanked by the delete"
+    );
+    assert!(
+        !schema_contains(&schema, "old 2").await,
+        "the deleted text is gone"
+    );
+    assert!(schema_contains(&schema, "old 1").await);
+    store.close().await;
+
+    // The upgraded database opens again (migration 2 is recorded, not run twice).
+    let store = backend.open(outbox).await.expect("reopen");
+    let history = store.history(&room, 10, None).await.expect("history");
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[0].message.as_str(), "old, edited");
+    assert!(history[2].deleted);
+    let versions: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM \"{schema}\".chat_schema_migrations ORDER BY version"
+    )))
+    .fetch_all(&mut admin)
+    .await
+    .expect("versions");
+    assert_eq!(versions, [1, 2]);
+    store.close().await;
+    drop_schema(&schema).await;
+}

@@ -42,8 +42,8 @@ use crate::domain::{
 
 pub use durability::{concurrent_writers, restart_persistence};
 pub use lifecycle::{
-    change_log, changes_read_back, idempotent_repeats, lifecycle, lifecycle_outbox, racing_changes,
-    reaction_users, read_markers_and_unread, refusals,
+    change_log, changes_read_back, idempotent_repeats, lifecycle, lifecycle_on_old_messages,
+    lifecycle_outbox, racing_changes, reaction_users, read_markers_and_unread, refusals,
 };
 pub use messages::{idempotency, idempotency_across_instances, ordering, paging};
 pub use outbox::outbox;
