@@ -416,3 +416,84 @@ async fn postgres_store_upgrades_a_database_written_before_the_lifecycle() {
     store.close().await;
     drop_schema(&schema).await;
 }
+
+/// `rooms_of` counts every room's unread messages in its one query per page: the plan reads
+/// each room's messages after the caller's marker through the `(room_id, seq)` index and the
+/// marker through the `read_markers` key, never scanning `messages` (the plan is printed;
+/// docs/ARCHITECTURE.md, "Unread counts", shows it).
+#[tokio::test]
+async fn rooms_of_counts_unread_messages_through_the_indexes() {
+    use chat_service::domain::UserId;
+    use chat_service::store::postgres::ROOMS_OF_QUERY;
+    use sqlx::Connection;
+
+    let backend = Postgres {
+        schema: unique("chat_explain_"),
+    };
+    let store = backend.open(None).await.expect("open");
+    let mut conn = sqlx::PgConnection::connect(&pg_url())
+        .await
+        .expect("connect");
+    let schema = &backend.schema;
+    // 200 rooms of 500 messages each (100,000), every 7th deleted; the caller takes part in
+    // every 5th room (40) with three others, and has read half of each of 20 of them; 50
+    // other readers have markers in every room (10,000).
+    let seed = format!(
+        r#"SET search_path TO "{schema}";
+        INSERT INTO rooms (room_id, type, private, created_at, updated_at, last_timestamp)
+             SELECT 'r' || i, 'group', false, 0, i, i FROM generate_series(1, 200) i;
+        INSERT INTO room_participants (room_id, user_id)
+             SELECT 'r' || i, u FROM generate_series(1, 200) i,
+                    unnest(ARRAY['u1', 'u2', 'u3']) u;
+        INSERT INTO room_participants (room_id, user_id)
+             SELECT 'r' || i, 'caller' FROM generate_series(5, 200, 5) i;
+        INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
+                              timestamp, created_at, deleted_at)
+             SELECT 'm' || r || '-' || n, 'r' || r, CASE WHEN n % 4 = 0 THEN 'caller' ELSE 'u1' END,
+                    'x', 'text', 'text', n, n, CASE WHEN n % 7 = 0 THEN n END
+               FROM generate_series(1, 200) r, generate_series(1, 500) n ORDER BY r, n;
+        INSERT INTO read_markers (room_id, user_id, message_id, seq, read_at)
+             SELECT m.room_id, 'caller', m.message_id, m.seq, 1 FROM messages m
+              WHERE m.message_id IN (SELECT 'm' || i || '-250' FROM generate_series(10, 200, 10) i);
+        INSERT INTO read_markers (room_id, user_id, message_id, seq, read_at)
+             SELECT 'r' || i, 'reader' || u, 'm' || i || '-1', 1, 1
+               FROM generate_series(1, 200) i, generate_series(1, 50) u;
+        ANALYZE;"#
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(seed))
+        .execute(&mut conn)
+        .await
+        .expect("seed");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {ROOMS_OF_QUERY}"
+    )))
+    .bind("caller")
+    .fetch_all(&mut conn)
+    .await
+    .expect("explain");
+    let plan = plan.join("\n");
+    println!("{plan}");
+    assert!(plan.contains("messages_room_seq"), "{plan}");
+    assert!(plan.contains("read_markers_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan on messages"), "{plan}");
+
+    // And the counts are right: 375 of others in a room, minus the tombstones; half of that
+    // after a marker in the middle.
+    let rooms = store
+        .rooms_of(&UserId::parse("caller").unwrap())
+        .await
+        .expect("rooms_of");
+    assert_eq!(rooms.len(), 40);
+    let others = |from: u64| (from..=500).filter(|n| n % 4 != 0 && n % 7 != 0).count() as u64;
+    for r in &rooms {
+        let i: u64 = r.room_id.as_str()[1..].parse().unwrap();
+        let want = if i.is_multiple_of(10) {
+            others(251)
+        } else {
+            others(1)
+        };
+        assert_eq!(r.unread_count, Some(want), "room {}", r.room_id);
+    }
+    store.close().await;
+    drop_schema(schema).await;
+}
