@@ -9,8 +9,8 @@ mod room;
 
 pub use ids::{ClientMessageId, ConnId, MessageId, RoomId, UserId, Username};
 pub use lifecycle::{
-    ChangeKind, Emoji, HistoryItem, MAX_REACTIONS_PER_MESSAGE, MessageChange, Reaction, ReadMarker,
-    history_items,
+    ChangeKind, Emoji, HistoryItem, MAX_REACTION_USERS, MAX_REACTIONS_PER_MESSAGE, MessageChange,
+    Reaction, ReadMarker, history_items,
 };
 pub use message::{Member, Message, MessageBody, MessageType, RoomEvent, now_ms};
 pub use room::{LastMessage, NewRoom, Room, RoomType};

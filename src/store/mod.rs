@@ -5,7 +5,8 @@
 //!   below.
 //! - `embedded/`, `postgres/`, `mongo/`: the backends, one folder each with the same files:
 //!   `mod.rs` (the store and its `MessageStore` impl), `schema.rs`, `writes.rs`, `reads.rs`,
-//!   `outbox.rs` (plus `embedded/checkpoint.rs`, `mongo/documents.rs`).
+//!   `lifecycle.rs` (SPEC 10's writes), `outbox.rs` (plus `embedded/checkpoint.rs`,
+//!   `mongo/documents.rs`).
 //! - `batch.rs`: the group-commit writer all three use (queue, batch loop, close, answers
 //!   after the commit, the outbox count, appends sorted against the idempotency keys).
 //! - `rows.rs`: SQL rows as messages, rooms and outbox entries (embedded and PostgreSQL).

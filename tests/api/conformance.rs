@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chat_service::store::conformance::{self, Backend};
 use chat_service::store::embedded::EmbeddedStore;
-use chat_service::store::{MessageStore, OutboxConfig, StoreError};
+use chat_service::store::{MessageStore, OutboxConfig, OutboxEvent, StoreError};
 
 /// An embedded store in its own temporary folder.
 struct Embedded(tempfile::TempDir);
@@ -25,6 +25,49 @@ impl Backend for Embedded {
     fn shared(&self) -> bool {
         false
     }
+
+    async fn raw_contains(&self, text: &str) -> bool {
+        sqlite_contains(&self.0.path().join("chat.db"), text).await
+    }
+}
+
+/// Whether `text` appears in any column of any row of any table of the SQLite file (read on
+/// a connection of its own, beside the store's).
+pub async fn sqlite_contains(file: &std::path::Path, text: &str) -> bool {
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+    let options = SqliteConnectOptions::new().filename(file).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .expect("open the database file");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+    for table in tables {
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+            .bind(&table)
+            .fetch_all(&mut conn)
+            .await
+            .expect("columns");
+        let any = columns
+            .iter()
+            .map(|c| format!("instr(CAST(\"{c}\" AS TEXT), ?1) > 0"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM \"{table}\" WHERE {any}"
+        )))
+        .bind(text)
+        .fetch_one(&mut conn)
+        .await
+        .expect("search a table");
+        if found > 0 {
+            return true;
+        }
+    }
+    false
 }
 
 #[tokio::test]
@@ -278,5 +321,33 @@ async fn embedded_store_opens_a_database_written_by_the_sqlx_writer() {
         .expect("reopen");
     assert_eq!(store.history(&room, 10, None).await.unwrap().len(), 4);
     assert_eq!(store.outbox_len().await.unwrap(), 2);
+
+    // The message lifecycle (SPEC 10) on the old file's messages; the old pending entry of
+    // the deleted one is blanked, and its text is gone from the file's rows.
+    let old: Vec<MessageId> = ids.iter().map(|i| MessageId::parse(i).unwrap()).collect();
+    let bob = UserId::parse("bob").unwrap();
+    conformance::lifecycle_on_old_messages(&store, &room, &old, &alice, &bob).await;
+    let pending = store.outbox_pending(10).await.expect("pending");
+    let events: Vec<(&str, OutboxEvent, &str)> = pending
+        .iter()
+        .map(|e| (e.message_id.as_str(), e.event, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (ids[2].as_str(), OutboxEvent::Sent, ""),
+            (new.message.message_id.as_str(), OutboxEvent::Sent, "new 3"),
+            (
+                pending[2].message_id.as_str(),
+                OutboxEvent::Sent,
+                "a reply to an old message"
+            ),
+            (ids[0].as_str(), OutboxEvent::Edited, "old, edited"),
+            (ids[2].as_str(), OutboxEvent::Deleted, ""),
+        ],
+        "the old entry first, blanked by the delete"
+    );
+    assert!(!sqlite_contains(&copy.path().join("chat.db"), "old 2").await);
+    assert!(sqlite_contains(&copy.path().join("chat.db"), "old 1").await);
     store.close().await;
 }

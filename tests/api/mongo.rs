@@ -84,6 +84,41 @@ impl Backend for Mongo {
     fn shared(&self) -> bool {
         true
     }
+
+    async fn raw_contains(&self, text: &str) -> bool {
+        database_contains(&self.db, text).await
+    }
+}
+
+/// Whether `text` appears in any string (or key) of any document of any collection of `db`.
+async fn database_contains(db: &str, text: &str) -> bool {
+    use futures::TryStreamExt;
+    use mongodb::bson::{Bson, Document};
+    fn holds(v: &Bson, text: &str) -> bool {
+        match v {
+            Bson::String(s) => s.contains(text),
+            Bson::Array(items) => items.iter().any(|i| holds(i, text)),
+            Bson::Document(d) => d.iter().any(|(k, v)| k.contains(text) || holds(v, text)),
+            _ => false,
+        }
+    }
+    let db = client().await.database(db);
+    let names = db.list_collection_names().await.expect("collections");
+    assert!(!names.is_empty(), "the test database has collections");
+    for name in names {
+        let docs: Vec<Document> = db
+            .collection::<Document>(&name)
+            .find(doc! {})
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("documents");
+        if docs.iter().any(|d| holds(&Bson::Document(d.clone()), text)) {
+            return true;
+        }
+    }
+    false
 }
 
 #[tokio::test]
@@ -317,5 +352,149 @@ async fn two_instances_on_one_database_relay_each_event_once() {
     one.stop().await;
     two.stop().await;
     queue.delete().await;
+    drop_database(&db_name).await;
+}
+
+/// A database written before SPEC 10: the Node service's documents and one message written by
+/// the previous version of this store with its pending `outbox` field (and the outbox
+/// counter). The store opens it as is: the messages read back and take every lifecycle
+/// change, the old entry reads as `message.sent` and is blanked by the delete, the Node
+/// fields stay untouched, and the deleted text is gone from every document.
+#[tokio::test]
+async fn mongo_store_runs_the_lifecycle_on_a_database_written_before_it() {
+    use chat_service::domain::{MessageId, RoomId, UserId};
+    use chat_service::store::OutboxEvent;
+    use mongodb::bson::Document;
+
+    let db_name = unique("chat_old_");
+    let db = client().await.database(&db_name);
+    let base = chat_service::domain::now_ms() as i64 - 60_000;
+    let ids: Vec<ObjectId> = (0..3).map(|_| ObjectId::new()).collect();
+    let mut docs: Vec<Document> = ids[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            doc! {
+                "_id": *id, "roomId": "old-room", "userId": "alice", "username": "Alice",
+                "message": format!("old {i}"), "messageType": "text",
+                "timestamp": DateTime::from_millis(base + i as i64 * 1000),
+                "createdAt": DateTime::from_millis(base + i as i64 * 1000), "__v": 0,
+            }
+        })
+        .collect();
+    docs.push(doc! {
+        "_id": ids[2], "roomId": "old-room", "userId": "alice", "username": "Alice",
+        "message": "old 2", "messageType": "text",
+        "timestamp": DateTime::from_millis(base + 2000),
+        "createdAt": DateTime::from_millis(base + 2000), "clientMessageId": "client-2",
+        "outbox": {"seq": 3_i64, "receiverId": "bob", "receiverIds": ["bob"]},
+    });
+    db.collection::<Document>("messages")
+        .insert_many(docs)
+        .await
+        .expect("seed messages");
+    db.collection::<Document>("counters")
+        .insert_one(doc! {"_id": "outbox", "seq": 3_i64})
+        .await
+        .expect("seed the counter");
+    db.collection::<Document>("rooms")
+        .insert_one(doc! {
+            "_id": ObjectId::new(), "roomId": "old-room", "type": "group",
+            "participants": ["alice", "bob"],
+            "lastMessage": {"content": "old 2", "timestamp": DateTime::from_millis(base + 2000),
+                "senderId": "alice"},
+            "createdAt": DateTime::from_millis(base), "updatedAt": DateTime::from_millis(base + 2000),
+            "__v": 0,
+        })
+        .await
+        .expect("seed the room");
+
+    let backend = Mongo {
+        db: db_name.clone(),
+    };
+    let outbox = Some(OutboxConfig { max_pending: 100 });
+    let store = backend.open(outbox).await.expect("open the old database");
+    let room = RoomId::parse("old-room").unwrap();
+    let (alice, bob) = (
+        UserId::parse("alice").unwrap(),
+        UserId::parse("bob").unwrap(),
+    );
+    let texts: Vec<String> = store
+        .history(&room, 10, None)
+        .await
+        .expect("history")
+        .iter()
+        .map(|m| m.message.as_str().to_string())
+        .collect();
+    assert_eq!(texts, ["old 0", "old 1", "old 2"]);
+    let pending = store.outbox_pending(10).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (
+            pending[0].seq,
+            pending[0].event,
+            pending[0].message.as_str()
+        ),
+        (3, OutboxEvent::Sent, "old 2"),
+        "an old entry reads as message.sent"
+    );
+
+    let old: Vec<MessageId> = ids
+        .iter()
+        .map(|i| MessageId::parse(&i.to_hex()).unwrap())
+        .collect();
+    conformance::lifecycle_on_old_messages(&*store, &room, &old, &alice, &bob).await;
+    let pending = store.outbox_pending(10).await.expect("pending");
+    let events: Vec<(&str, OutboxEvent, &str)> = pending
+        .iter()
+        .map(|e| (e.message_id.as_str(), e.event, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (old[2].as_str(), OutboxEvent::Sent, ""),
+            (
+                pending[1].message_id.as_str(),
+                OutboxEvent::Sent,
+                "a reply to an old message"
+            ),
+            (old[0].as_str(), OutboxEvent::Edited, "old, edited"),
+            (old[2].as_str(), OutboxEvent::Deleted, ""),
+        ],
+        "the old entry first, blanked by the delete"
+    );
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(
+        !database_contains(&db_name, "old 2").await,
+        "the deleted text is gone from every document"
+    );
+    assert!(database_contains(&db_name, "old 1").await);
+
+    // The Node fields stay; the new ones are added beside them.
+    let edited = db
+        .collection::<Document>("messages")
+        .find_one(doc! {"_id": ids[0]})
+        .await
+        .expect("find")
+        .expect("the edited message");
+    assert_eq!(edited.get_i32("__v").ok(), Some(0), "{edited}");
+    assert!(matches!(
+        edited.get("createdAt"),
+        Some(mongodb::bson::Bson::DateTime(_))
+    ));
+    assert_eq!(edited.get_str("message").ok(), Some("old, edited"));
+    assert!(
+        edited.contains_key("editedAt") && !edited.contains_key("pending"),
+        "{edited}"
+    );
+    let deleted = db
+        .collection::<Document>("messages")
+        .find_one(doc! {"_id": ids[2]})
+        .await
+        .expect("find")
+        .expect("the deleted message stays as a tombstone");
+    assert_eq!(deleted.get_str("message").ok(), Some(""));
+    assert!(deleted.contains_key("deletedAt"));
+    store.close().await;
     drop_database(&db_name).await;
 }

@@ -5,13 +5,16 @@
 //! A backend is handed to the suite as a [`Backend`]: something that opens a store on the same
 //! durable location every time (so restart persistence can be checked). Each run uses room
 //! and user ids unique to that run, so a shared database needs no cleanup; only the outbox
-//! property drains the outbox it finds (use a dedicated database or schema for it).
+//! property drains the outbox it finds (use a dedicated database or schema for it; the
+//! lifecycle's outbox property reads and marks sent only the entries of its own messages).
 //!
 //! Properties: ordering, `limit`/`before` paging and `after`, idempotency (also under
 //! concurrent duplicates, and for shared backends between two instances), rooms and
 //! participants, the outbox (entries, claim/ack, bound, and for shared backends the claim
-//! between two instances), concurrent writers, restart persistence. Each property panics with
-//! its name and what differed.
+//! between two instances), concurrent writers, restart persistence, the message lifecycle
+//! (edits, tombstones, replies, reactions, the change log, read markers and unread counts,
+//! the entries of edits and deletes, the deleted text gone from the raw data, racing changes).
+//! Each property panics with its name and what differed.
 //!
 //! # Map
 //! - `mod.rs`: [`Backend`], [`run_all`], the run's ids ([`Run`]) and [`message`].
@@ -20,8 +23,10 @@
 //! - `rooms.rs`: rooms and participants.
 //! - `durability.rs`: concurrent writers, restart persistence.
 //! - `outbox.rs`: the outbox contract.
+//! - `lifecycle.rs`: the lifecycle contract (SPEC 10).
 
 mod durability;
+mod lifecycle;
 mod messages;
 mod outbox;
 mod rooms;
@@ -36,6 +41,10 @@ use crate::domain::{
 };
 
 pub use durability::{concurrent_writers, restart_persistence};
+pub use lifecycle::{
+    change_log, changes_read_back, idempotent_repeats, lifecycle, lifecycle_on_old_messages,
+    lifecycle_outbox, racing_changes, reaction_users, read_markers_and_unread, refusals,
+};
 pub use messages::{idempotency, idempotency_across_instances, ordering, paging};
 pub use outbox::outbox;
 pub use rooms::rooms_and_participants;
@@ -50,6 +59,11 @@ pub trait Backend: Send + Sync {
 
     /// Whether several instances may share the location (then the outbox must be a claim).
     fn shared(&self) -> bool;
+
+    /// Whether `text` appears anywhere in the backend's raw durable data: any column of any
+    /// row of any table (SQL backends), any string of any document of any collection
+    /// (MongoDB), read past the store. A deleted message's text must not (SPEC 10).
+    async fn raw_contains(&self, text: &str) -> bool;
 }
 
 /// Runs every property against `backend`.
@@ -65,6 +79,7 @@ pub async fn run_all(backend: &dyn Backend) {
     idempotency_across_instances(backend, &run).await;
     restart_persistence(backend, &run).await;
     outbox(backend, &run).await;
+    lifecycle(backend, &run).await;
 }
 
 /// Ids unique to one run of the suite.

@@ -87,7 +87,8 @@ pub(super) async fn message(
     }
 }
 
-/// The logged changes of the room's messages up to `since`, made at or after its time.
+/// The logged changes of the room's messages up to `since`, made at or after its time. Edits
+/// of messages deleted since are left out in the query, so they take none of the `limit`.
 pub(super) async fn changes_since(
     pool: &SqlitePool,
     room: &RoomId,
@@ -121,6 +122,7 @@ pub(super) async fn changes_since(
                 m.deleted_at
          FROM message_changes c JOIN messages m ON m.message_id = c.message_id
          WHERE c.room_id = ? AND c.at >= ? AND m.seq <= ?
+           AND NOT (c.kind = 'edited' AND m.deleted_at IS NOT NULL)
          ORDER BY c.seq LIMIT ?",
     )
     .bind(room.as_str())

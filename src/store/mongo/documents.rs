@@ -1,7 +1,9 @@
 //! MongoDB documents as domain values: `messages`, `rooms` and outbox fields as the Node
 //! service wrote them (missing `username` / `messageType` read as the user id / `text`; a room
 //! without `isPrivate` is private when it has participants), and the forms the nx-27017
-//! stand-in gives back (a `Date` set by `$set` returns as a string).
+//! stand-in gives back (a `Date` set by `$set` returns as a string). SPEC 10 adds `replyTo`,
+//! `editedAt`, `deletedAt` (a tombstone reads with an empty text) and `rev` to messages, and
+//! the outbox entries of edits and deletes, fields of `messageChanges` documents.
 
 use mongodb::bson::{Bson, DateTime, Document};
 
@@ -10,7 +12,7 @@ use crate::domain::{
     ClientMessageId, LastMessage, Message, MessageBody, MessageId, MessageType, Room, RoomId,
     RoomType, UserId, Username,
 };
-use crate::store::{OutboxEntry, StoreError};
+use crate::store::{OutboxEntry, OutboxEvent, StoreError};
 
 pub(super) fn date(ms: u64) -> DateTime {
     DateTime::from_millis(ms as i64)
@@ -75,6 +77,7 @@ pub(super) fn message_from_doc(doc: &Document) -> Result<Message, StoreError> {
     let timestamp = millis(doc, "timestamp")
         .or_else(|| millis(doc, "createdAt"))
         .unwrap_or_else(|| id.timestamp().timestamp_millis().max(0) as u64);
+    let deleted = doc.get("deletedAt").is_some_and(|d| *d != Bson::Null);
     Ok(Message {
         message_id: MessageId::parse(&id.to_hex()).map_err(|_| corrupt("message _id"))?,
         room_id: RoomId::parse(string(doc, "roomId").unwrap_or_default())
@@ -82,7 +85,12 @@ pub(super) fn message_from_doc(doc: &Document) -> Result<Message, StoreError> {
         user_id: UserId::parse(user).map_err(|_| corrupt("message userId"))?,
         username: Username::parse(string(doc, "username").unwrap_or(user))
             .map_err(|_| corrupt("message username"))?,
-        message: MessageBody::from_stored(string(doc, "message").unwrap_or_default().to_string()),
+        // A tombstone has no text, whatever a writer left in the field.
+        message: MessageBody::from_stored(if deleted {
+            String::new()
+        } else {
+            string(doc, "message").unwrap_or_default().to_string()
+        }),
         message_type: match string(doc, "messageType") {
             None => MessageType::Text,
             Some(t) => MessageType::parse_stored(t).ok_or_else(|| corrupt("messageType"))?,
@@ -90,12 +98,61 @@ pub(super) fn message_from_doc(doc: &Document) -> Result<Message, StoreError> {
         timestamp,
         client_message_id: string(doc, "clientMessageId")
             .and_then(|c| ClientMessageId::parse(c).ok()),
-        reply_to: None,
-        edited_at: None,
-        deleted: false,
+        reply_to: string(doc, "replyTo")
+            .map(|r| MessageId::parse(r).map_err(|_| corrupt("message replyTo")))
+            .transpose()?,
+        edited_at: millis(doc, "editedAt"),
+        deleted,
         reactions: Vec::new(),
-        rev: 0,
+        rev: integer(doc, "rev").unwrap_or(0),
     })
+}
+
+/// A flag stored as a boolean or as 0 / 1 (the stand-in keeps a `false` set by `$set` as 0).
+pub(super) fn flag(doc: &Document, key: &str) -> Option<bool> {
+    match doc.get(key)? {
+        Bson::Boolean(b) => Some(*b),
+        Bson::Int32(n) => Some(*n != 0),
+        Bson::Int64(n) => Some(*n != 0),
+        _ => None,
+    }
+}
+
+/// The outbox entry of an edit or delete: the `outbox` field of its `messageChanges`
+/// document (`{seq, event, senderId, receiverId, receiverIds, message, timestamp}`).
+pub(super) fn change_entry_from_doc(doc: &Document) -> Result<OutboxEntry, StoreError> {
+    let outbox = doc
+        .get_document("outbox")
+        .map_err(|_| corrupt("change outbox entry"))?;
+    let user = |s: &str| UserId::parse(s).map_err(|_| corrupt("outbox user id"));
+    Ok(OutboxEntry {
+        seq: integer(outbox, "seq").ok_or_else(|| corrupt("outbox seq"))?,
+        event: string(outbox, "event")
+            .and_then(OutboxEvent::parse)
+            .ok_or_else(|| corrupt("outbox event"))?,
+        message_id: MessageId::parse(string(doc, "messageId").unwrap_or_default())
+            .map_err(|_| corrupt("change messageId"))?,
+        room_id: RoomId::parse(string(doc, "roomId").unwrap_or_default())
+            .map_err(|_| corrupt("change roomId"))?,
+        sender_id: user(string(outbox, "senderId").unwrap_or_default())?,
+        receiver_id: string(outbox, "receiverId").map(user).transpose()?,
+        receiver_ids: receivers(outbox)?,
+        message: string(outbox, "message").unwrap_or_default().to_string(),
+        timestamp: integer(outbox, "timestamp").ok_or_else(|| corrupt("outbox timestamp"))?,
+    })
+}
+
+fn receivers(outbox: &Document) -> Result<Vec<UserId>, StoreError> {
+    outbox
+        .get_array("receiverIds")
+        .map_err(|_| corrupt("outbox receivers"))?
+        .iter()
+        .map(|r| {
+            r.as_str()
+                .and_then(|s| UserId::parse(s).ok())
+                .ok_or_else(|| corrupt("outbox receivers"))
+        })
+        .collect()
 }
 
 pub(super) fn room_from_doc(doc: &Document) -> Result<Room, StoreError> {
@@ -150,22 +207,13 @@ pub(super) fn outbox_entry_from_doc(doc: &Document) -> Result<OutboxEntry, Store
         .map_err(|_| corrupt("outbox entry"))?;
     let user = |s: &str| UserId::parse(s).map_err(|_| corrupt("outbox user id"));
     Ok(OutboxEntry {
-        event: crate::store::OutboxEvent::Sent,
+        event: OutboxEvent::Sent,
         seq: integer(outbox, "seq").ok_or_else(|| corrupt("outbox seq"))?,
         message_id: message.message_id,
         room_id: message.room_id,
         sender_id: message.user_id,
         receiver_id: string(outbox, "receiverId").map(user).transpose()?,
-        receiver_ids: outbox
-            .get_array("receiverIds")
-            .map_err(|_| corrupt("outbox receivers"))?
-            .iter()
-            .map(|r| {
-                r.as_str()
-                    .ok_or_else(|| corrupt("outbox receivers"))
-                    .and_then(user)
-            })
-            .collect::<Result<_, _>>()?,
+        receiver_ids: receivers(outbox)?,
         message: message.message.as_str().to_string(),
         timestamp: message.timestamp,
     })

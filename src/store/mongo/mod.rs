@@ -11,7 +11,19 @@
 //!   created here, `directKey` ("a\u{1f}b" of the sorted pair). A room document without
 //!   `isPrivate` (written by the Node service, which only created rooms through its REST API with
 //!   participants) is private when it has participants (SPEC 4), open otherwise.
-//! - `counters`: `{_id: "outbox", seq}`, the outbox sequence.
+//! - `counters`: `{_id: "outbox", seq}`, the outbox sequence; `{_id: "changes", seq}`, the
+//!   change-log sequence (each message's `rev`).
+//! - SPEC 10 adds to `messages`: `replyTo` (a messageId), `editedAt` / `deletedAt` (Dates; a
+//!   deleted message keeps its document with `message: ""`), `rev` (its latest change's
+//!   number) and, for a moment, `pending` (see "Lifecycle" below); and the collections
+//!   `reactions` (`{_id: "messageId\x1femoji\x1fuserId", messageId, emoji, userId, seq, on,
+//!   at}`: kept with `on: 0` when removed, so that a late step can tell it is older),
+//!   `readMarkers` (`{_id: "roomId\x1fuserId", roomId, userId, messageId, msgTs, readAt}`)
+//!   and `messageChanges`, the rooms' change log (`{_id, seq, roomId, messageId, msgTs, kind,
+//!   userId, at, emoji?, added?, count?, outbox?, gone?}`: `msgTs` places the message in its
+//!   room for a resume, `gone` marks the edits of a message deleted since). Existing fields
+//!   are untouched: a database written before reads as never edited, not deleted, without
+//!   reactions or markers.
 //!
 //! Indexes (created at start-up, idempotent): `messages {roomId, timestamp}` (history),
 //! unique `messages {roomId, userId, clientMessageId}` partial on documents that have a
@@ -41,6 +53,22 @@
 //! document by the server, so two instances never get the same entry within a lease;
 //! `outbox_mark_sent` removes the `outbox` field; `close` hands this store's claims back.
 //!
+//! # Lifecycle (SPEC 10) without transactions
+//! A change (edit, delete, reaction) is committed by one compare-and-set of the message
+//! document on its `rev` that writes the new state and the change itself as `pending`; the
+//! change-log document (with the `message.edited` / `message.deleted` outbox entry), the
+//! reaction document, the room's `lastMessage` text and a delete's blanking of the message's
+//! pending entries are derived from `pending` by steps that may run twice or late without
+//! harm (details: `lifecycle.rs`). So a change and its outbox entry are durable together,
+//! as an append and its `outbox` field are, and two instances changing one message never
+//! both win (their changes take turns within one instance). Until its steps ran (at once,
+//! normally), a delete's text may still sit in an edit's pending entry, and a resume may not
+//! see the change yet; reads apply a pending reaction themselves. A `message.sent` entry
+//! still pending reads the message's current text (an edit before the relay sent it shows
+//! in it; a delete blanks it). Read markers move forward by a conditional update (or the
+//! insert of a first one). `rooms_of` counts unread messages in three queries per page
+//! (`reads.rs` tells why not fewer on the stand-in).
+//!
 //! # Outage
 //! Server selection and connecting are bounded by `MongoConfig::timeout` (default 2 s) and a
 //! whole batch by [`BATCH_TIMEOUT`]: an unreachable server gives `StoreError::Unavailable`,
@@ -53,11 +81,14 @@
 //! - `schema.rs`: the indexes, created at start-up.
 //! - `writes.rs`: the writer's batch of appends (`insertMany`, rooms, outbox fields), room
 //!   creation and members.
-//! - `reads.rs`: history, `after`, rooms.
+//! - `reads.rs`: history, `after` (with reactions), rooms (with unread counts), the change
+//!   log since a message, read receipts.
+//! - `lifecycle.rs`: changes (the compare-and-set and its steps), one message, read markers.
 //! - `outbox.rs`: the claim, marking sent, releasing claims, the count.
 //! - `documents.rs`: documents as domain values (the Node service's forms and the stand-in's).
 
 mod documents;
+mod lifecycle;
 mod outbox;
 mod reads;
 mod schema;
@@ -123,12 +154,25 @@ pub struct MongoStore {
     db: Database,
     messages: Collection<Document>,
     rooms: Collection<Document>,
+    /// `counters`: the outbox and change-log sequences.
+    counters: Collection<Document>,
+    /// `messageChanges`: each room's change log (and the outbox entries of edits and deletes).
+    changes: Collection<Document>,
+    /// `reactions`: one document per (message, emoji, user), kept when removed.
+    reactions: Collection<Document>,
+    /// `readMarkers`: one document per (room, user).
+    markers: Collection<Document>,
     writes: Writes<Append>,
     outbox: Arc<OutboxState>,
     /// This store's name in `outbox.claimedBy`.
     owner: String,
     closed: AtomicBool,
+    /// Turns of the changes of one message (by a hash of its id) within this instance.
+    turns: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// How many turns `MongoStore::change_turn` spreads messages over.
+const TURNS: usize = 64;
 
 /// Connection-level failures are `Unavailable` (the caller may retry); the rest `Internal`.
 fn db_error(e: MongoError) -> StoreError {
@@ -226,15 +270,20 @@ impl MongoStore {
         let coll =
             |n: &str| db.collection_with_options::<Document>(n, CollectionOptions::default());
         let (messages, rooms, counters) = (coll("messages"), coll("rooms"), coll("counters"));
+        let (changes, reactions, markers) = (
+            coll("messageChanges"),
+            coll("reactions"),
+            coll("readMarkers"),
+        );
         bounded(
             cfg.timeout * 5,
             "creating indexes",
-            schema::create_indexes(&messages, &rooms),
+            schema::create_indexes(&messages, &rooms, &changes, &reactions, &markers),
         )
         .await?;
 
         let pending = match cfg.outbox {
-            Some(_) => outbox::count(&messages).await?,
+            Some(_) => outbox::count(&messages, &changes).await?,
             None => 0,
         };
         let outbox = OutboxState::new(cfg.outbox, pending);
@@ -243,19 +292,41 @@ impl MongoStore {
             write_concern,
             messages: messages.clone(),
             rooms: rooms.clone(),
-            counters,
+            counters: counters.clone(),
+            changes: changes.clone(),
             outbox: outbox.clone(),
             counted: std::time::Instant::now(),
         });
-        Ok(Self {
+        let store = Self {
             db,
             messages,
             rooms,
+            counters,
+            changes,
+            reactions,
+            markers,
             writes,
             outbox,
             owner: format!("{}-{}", std::process::id(), ObjectId::new().to_hex()),
             closed: AtomicBool::new(false),
-        })
+            turns: (0..TURNS).map(|_| tokio::sync::Mutex::new(())).collect(),
+        };
+        // Changes a stopped instance left half-applied (see "Lifecycle" above).
+        bounded(
+            cfg.timeout * 5,
+            "completing pending changes",
+            lifecycle::complete_stale(&store),
+        )
+        .await?;
+        Ok(store)
+    }
+
+    /// The lock that the changes of message `id` take turns on in this instance.
+    fn change_turn(&self, id: &MessageId) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.as_str().hash(&mut h);
+        &self.turns[(h.finish() as usize) % TURNS]
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -280,7 +351,7 @@ impl MessageStore for MongoStore {
         limit: usize,
         before: Option<&MessageId>,
     ) -> Result<Vec<Message>, StoreError> {
-        reads::history(&self.messages, room, limit, before).await
+        reads::history(self, room, limit, before).await
     }
 
     async fn after(
@@ -289,7 +360,7 @@ impl MessageStore for MongoStore {
         after: &MessageId,
         limit: usize,
     ) -> Result<Option<Vec<Message>>, StoreError> {
-        reads::after(&self.messages, room, after, limit).await
+        reads::after(self, room, after, limit).await
     }
 
     async fn get_room(&self, room: &RoomId) -> Result<Option<Room>, StoreError> {
@@ -307,60 +378,84 @@ impl MessageStore for MongoStore {
     }
 
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError> {
-        reads::rooms_of(&self.rooms, user).await
+        reads::rooms_of(self, user).await
     }
 
     async fn get_message(
         &self,
-        _room: &RoomId,
-        _id: &MessageId,
+        room: &RoomId,
+        id: &MessageId,
     ) -> Result<Option<Message>, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+        bounded(
+            BATCH_TIMEOUT,
+            "reading a message",
+            lifecycle::message(self, room, id),
+        )
+        .await
     }
 
-    async fn change(&self, _change: MessageChange) -> Result<Changed, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+    async fn change(&self, change: MessageChange) -> Result<Changed, StoreError> {
+        self.check_open()?;
+        bounded(
+            BATCH_TIMEOUT,
+            "changing a message",
+            lifecycle::change(self, change),
+        )
+        .await
     }
 
     async fn changes_since(
         &self,
-        _room: &RoomId,
-        _since: &MessageId,
-        _limit: usize,
+        room: &RoomId,
+        since: &MessageId,
+        limit: usize,
     ) -> Result<Option<Vec<RoomEvent>>, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+        bounded(
+            BATCH_TIMEOUT,
+            "reading the change log",
+            reads::changes_since(self, room, since, limit),
+        )
+        .await
     }
 
-    async fn mark_read(&self, _marker: ReadMarker) -> Result<MarkedRead, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+    async fn mark_read(&self, marker: ReadMarker) -> Result<MarkedRead, StoreError> {
+        self.check_open()?;
+        bounded(
+            BATCH_TIMEOUT,
+            "moving a read marker",
+            lifecycle::mark_read(self, marker),
+        )
+        .await
     }
 
-    async fn receipts(&self, _room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+    async fn receipts(&self, room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
+        bounded(
+            BATCH_TIMEOUT,
+            "reading receipts",
+            reads::receipts(self, room),
+        )
+        .await
     }
 
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         self.check_open()?;
-        outbox::claim(&self.messages, &self.owner, limit).await
+        // Changes an instance left half-applied: their outbox entries are written now.
+        bounded(
+            BATCH_TIMEOUT,
+            "completing pending changes",
+            lifecycle::complete_stale(self),
+        )
+        .await?;
+        outbox::claim(&self.messages, &self.changes, &self.owner, limit).await
     }
 
     async fn outbox_mark_sent(&self, seqs: &[u64]) -> Result<(), StoreError> {
         self.check_open()?;
-        outbox::mark_sent(&self.messages, &self.outbox, seqs).await
+        outbox::mark_sent(&self.messages, &self.changes, &self.outbox, seqs).await
     }
 
     async fn outbox_len(&self) -> Result<u64, StoreError> {
-        outbox::count(&self.messages).await
+        outbox::count(&self.messages, &self.changes).await
     }
 
     fn outbox_signal(&self) -> Arc<Notify> {
@@ -385,6 +480,6 @@ impl MessageStore for MongoStore {
         }
         self.writes.close().await;
         // Hand this store's claims back, so a restarted instance resends them at once.
-        outbox::release(&self.messages, &self.owner).await;
+        outbox::release(&self.messages, &self.changes, &self.owner).await;
     }
 }

@@ -36,6 +36,7 @@ pub(super) struct Writer {
     pub(super) messages: Collection<Document>,
     pub(super) rooms: Collection<Document>,
     pub(super) counters: Collection<Document>,
+    pub(super) changes: Collection<Document>,
     pub(super) outbox: Arc<OutboxState>,
     /// When the outbox was last counted.
     pub(super) counted: Instant,
@@ -50,7 +51,7 @@ impl ApplyBatch for Writer {
     async fn apply(&mut self, appends: Vec<Append>) {
         if self.outbox.config.is_some() && self.counted.elapsed() >= OUTBOX_RECOUNT {
             self.counted = Instant::now();
-            if let Ok(n) = outbox::count(&self.messages).await {
+            if let Ok(n) = outbox::count(&self.messages, &self.changes).await {
                 self.outbox.pending.store(n, Ordering::Relaxed);
             }
         }
@@ -137,6 +138,9 @@ impl Writer {
             };
             if let Some(c) = &m.client_message_id {
                 d.insert("clientMessageId", c.as_str());
+            }
+            if let Some(r) = &m.reply_to {
+                d.insert("replyTo", r.as_str());
             }
             if let Some(first) = first_seq {
                 let all = participants.get(m.room_id.as_str()).unwrap_or(&empty);
@@ -321,16 +325,7 @@ impl Writer {
 
     /// Reserves `n` outbox seqs; returns the first.
     async fn reserve_seqs(&self, n: u64) -> Result<u64, StoreError> {
-        let counter = self
-            .counters
-            .find_one_and_update(doc! {"_id": "outbox"}, doc! {"$inc": {"seq": n as i64}})
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(db_error)?
-            .ok_or_else(|| corrupt("outbox counter"))?;
-        let last = integer(&counter, "seq").ok_or_else(|| corrupt("outbox counter"))?;
-        Ok(last + 1 - n)
+        reserve(&self.counters, "outbox", n).await
     }
 
     /// Moves each room's `lastMessage` / `updatedAt` forward to its newest message here.
@@ -497,4 +492,23 @@ fn direct_key(participants: &[UserId]) -> String {
         .map(UserId::as_str)
         .collect::<Vec<_>>()
         .join("\u{1f}")
+}
+
+/// Reserves `n` numbers of the sequence `name` (`counters {_id: name, seq}`, the last number
+/// handed out); returns the first. Numbers reserved by a write that then did not happen are
+/// gaps, which are harmless.
+pub(super) async fn reserve(
+    counters: &Collection<Document>,
+    name: &str,
+    n: u64,
+) -> Result<u64, StoreError> {
+    let counter = counters
+        .find_one_and_update(doc! {"_id": name}, doc! {"$inc": {"seq": n as i64}})
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| corrupt("counter"))?;
+    let last = integer(&counter, "seq").ok_or_else(|| corrupt("counter"))?;
+    Ok(last + 1 - n)
 }

@@ -17,6 +17,15 @@
 //! stored message. Order within a room is the commit order of one instance; two instances
 //! writing to the same room interleave by `seq` allocation.
 //!
+//! **Lifecycle (SPEC 10).** Changes (edits, deletes, reactions) and read markers are writes
+//! of the same queue, each checked and applied inside the batch's transaction, under the
+//! writer lock, so two instances never interleave the check and the write of one message's
+//! change. A change is logged in `message_changes` (its `seq` is the message's `rev`); an
+//! effective edit or delete writes its `message.edited` / `message.deleted` outbox entry in
+//! that transaction, and a delete blanks the text of the message's pending entries and of the
+//! room's `last_content`. Reads add reactions with one query per page; `rooms_of` counts
+//! unread messages in the rooms query itself.
+//!
 //! **Outbox.** Entries are written in the message's transaction. `outbox_pending` is a claim:
 //! `UPDATE .. SET claimed_by = <this store>, claimed_until = now() + lease WHERE seq IN (SELECT
 //! .. FOR UPDATE SKIP LOCKED)`: another instance skips claimed entries until the lease
@@ -38,14 +47,22 @@
 //! - `schema.rs`: the migrations and how they are applied.
 //! - `writes.rs`: the writer's batch: one transaction under a deadline, appends, room
 //!   creation, members.
-//! - `reads.rs`: history, `after`, rooms.
+//! - `lifecycle.rs`: the writer's side of SPEC 10: edits, deletes, reactions, the change
+//!   log, read markers (the embedded store's tables and steps).
+//! - `reads.rs`: history, `after` (with reactions), one message, rooms (with unread counts,
+//!   in the same query), the change log since a message, read receipts.
 //! - `outbox.rs`: the entries written beside their messages, the claim, marking sent,
 //!   releasing claims, the count.
 
+mod lifecycle;
 mod outbox;
 mod reads;
 mod schema;
 mod writes;
+
+/// The SQL of `rooms_of` (`$1`: the user), one query per page of rooms with the unread
+/// counts; public for `EXPLAIN` (docs/ARCHITECTURE.md, "Unread counts").
+pub use reads::ROOMS_OF as ROOMS_OF_QUERY;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -191,41 +208,32 @@ impl MessageStore for PostgresStore {
 
     async fn get_message(
         &self,
-        _room: &RoomId,
-        _id: &MessageId,
+        room: &RoomId,
+        id: &MessageId,
     ) -> Result<Option<Message>, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        reads::message_in(&mut conn, room, id).await
     }
 
-    async fn change(&self, _change: MessageChange) -> Result<Changed, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+    async fn change(&self, change: MessageChange) -> Result<Changed, StoreError> {
+        self.writes.change(change).await
     }
 
     async fn changes_since(
         &self,
-        _room: &RoomId,
-        _since: &MessageId,
-        _limit: usize,
+        room: &RoomId,
+        since: &MessageId,
+        limit: usize,
     ) -> Result<Option<Vec<RoomEvent>>, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+        reads::changes_since(&self.pool, room, since, limit).await
     }
 
-    async fn mark_read(&self, _marker: ReadMarker) -> Result<MarkedRead, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+    async fn mark_read(&self, marker: ReadMarker) -> Result<MarkedRead, StoreError> {
+        self.writes.mark_read(marker).await
     }
 
-    async fn receipts(&self, _room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+    async fn receipts(&self, room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
+        reads::receipts(&self.pool, room).await
     }
 
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {

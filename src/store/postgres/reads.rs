@@ -1,14 +1,17 @@
-//! PostgreSQL reads, on the pool: history pages by `seq`, `after`, rooms with their
-//! participants (one query: an `ARRAY(..)` column).
+//! PostgreSQL reads, on the pool: history pages by `seq` and `after` (with their reactions:
+//! one more query per page), one message, rooms with their participants (one query: an
+//! `ARRAY(..)` column; `rooms_of` adds the caller's unread count as one more column of that
+//! query), the change log since a message, read receipts.
 
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 
 use super::db_error;
-use crate::domain::{Message, MessageId, Room, RoomId, UserId};
+use crate::domain::{Message, MessageId, ReadMarker, Room, RoomEvent, RoomId, UserId};
 use crate::store::StoreError;
 use crate::store::rows::{
-    message_columns, message_from_row, room_columns, room_from_row, user_ids,
+    attach_reactions, change_event, message_columns, message_from_row, read_marker, room_columns,
+    room_from_row, user_ids,
 };
 
 /// The room columns and its participants (sorted), for `room_from_pg_row`.
@@ -53,7 +56,134 @@ pub(super) async fn history(
         .map(message_from_row)
         .collect::<Result<Vec<_>, _>>()?;
     messages.reverse();
+    with_reactions(pool, messages).await
+}
+
+/// The messages with their reactions (one query for the page), oldest reaction first.
+async fn with_reactions(
+    conn: impl sqlx::PgExecutor<'_>,
+    mut messages: Vec<Message>,
+) -> Result<Vec<Message>, StoreError> {
+    if messages.is_empty() {
+        return Ok(messages);
+    }
+    let ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT message_id, emoji, user_id FROM reactions
+         WHERE message_id = ANY($1::text[]) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await
+    .map_err(db_error)?;
+    attach_reactions(&mut messages, rows)?;
     Ok(messages)
+}
+
+/// One message of a room in its current state (on the pool, or inside the writer's
+/// transaction).
+pub(super) async fn message_in(
+    conn: &mut PgConnection,
+    room: &RoomId,
+    id: &MessageId,
+) -> Result<Option<Message>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        message_columns!(""),
+        " FROM messages WHERE message_id = $1 AND room_id = $2"
+    ))
+    .bind(id.as_str())
+    .bind(room.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    match row {
+        Some(row) => Ok(with_reactions(&mut *conn, vec![message_from_row(&row)?])
+            .await?
+            .pop()),
+        None => Ok(None),
+    }
+}
+
+/// The logged changes of the room's messages up to `since`, made at or after its time, as
+/// the events the members got (edits of messages deleted since are left out in the query, so
+/// they take none of the `limit`).
+pub(super) async fn changes_since(
+    pool: &PgPool,
+    room: &RoomId,
+    since: &MessageId,
+    limit: usize,
+) -> Result<Option<Vec<RoomEvent>>, StoreError> {
+    let Some((seq, ts)) = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT seq, timestamp FROM messages WHERE message_id = $1 AND room_id = $2",
+    )
+    .bind(since.as_str())
+    .bind(room.as_str())
+    .fetch_optional(pool)
+    .await
+    .map_err(db_error)?
+    else {
+        return Ok(None);
+    };
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<bool>,
+        Option<i64>,
+        i64,
+        String,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.kind, c.message_id, c.user_id, c.emoji, c.added, c.count, c.at, m.message,
+                m.deleted_at
+         FROM message_changes c JOIN messages m ON m.message_id = c.message_id
+         WHERE c.room_id = $1 AND c.at >= $2 AND m.seq <= $3
+           AND NOT (c.kind = 'edited' AND m.deleted_at IS NOT NULL)
+         ORDER BY c.seq LIMIT $4",
+    )
+    .bind(room.as_str())
+    .bind(ts)
+    .bind(seq)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (kind, message_id, user, emoji, added, count, at, text, deleted_at) in rows {
+        if let Some(e) = change_event(
+            room,
+            &kind,
+            &message_id,
+            &user,
+            emoji,
+            added,
+            count,
+            at,
+            text,
+            deleted_at.is_some(),
+        )? {
+            events.push(e);
+        }
+    }
+    Ok(Some(events))
+}
+
+/// Every read marker of a room, oldest read first.
+pub(super) async fn receipts(pool: &PgPool, room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT user_id, message_id, read_at FROM read_markers WHERE room_id = $1
+         ORDER BY read_at, user_id",
+    )
+    .bind(room.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    rows.iter()
+        .map(|(u, m, at)| read_marker(room, u, m, *at))
+        .collect()
 }
 
 pub(super) async fn after(
@@ -76,10 +206,11 @@ pub(super) async fn after(
     .fetch_all(pool)
     .await
     .map_err(db_error)?;
-    rows.iter()
+    let messages = rows
+        .iter()
         .map(message_from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+        .collect::<Result<Vec<_>, _>>()?;
+    with_reactions(pool, messages).await.map(Some)
 }
 
 /// The `seq` of message `id` when it belongs to `room`.
@@ -105,20 +236,43 @@ pub(super) async fn room(
     row.as_ref().map(room_from_pg_row).transpose()
 }
 
-/// The rooms `user` takes part in, most recently active first (1000 at most).
+/// The rooms `user` takes part in, most recently active first (1000 at most), each with the
+/// caller's unread count: a column of the same query (SPEC 10: one query per page of rooms),
+/// messages of others after the caller's marker (all of them without one), tombstones not
+/// counted. `EXPLAIN` of this query: docs/ARCHITECTURE.md, "Unread counts".
 pub(super) async fn rooms_of(pool: &PgPool, user: &UserId) -> Result<Vec<Room>, StoreError> {
-    let rows = sqlx::query(concat!(
-        room_select!(),
-        " JOIN room_participants p ON p.room_id = r.room_id
-         WHERE p.user_id = $1
-         ORDER BY COALESCE(r.last_timestamp, r.updated_at) DESC LIMIT 1000"
-    ))
-    .bind(user.as_str())
-    .fetch_all(pool)
-    .await
-    .map_err(db_error)?;
-    rows.iter().map(room_from_pg_row).collect()
+    let rows = sqlx::query(ROOMS_OF)
+        .bind(user.as_str())
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|row| {
+            let unread: i64 = row.try_get(9).map_err(db_error)?;
+            let mut room = room_from_pg_row(row)?;
+            room.unread_count = Some(unread.max(0) as u64);
+            Ok(room)
+        })
+        .collect()
 }
+
+/// The query of `rooms_of` (`$1`: the caller): the columns of `room_select!`, then the
+/// unread count.
+pub const ROOMS_OF: &str = concat!(
+    "SELECT ",
+    room_columns!("r."),
+    ",
+    ARRAY(SELECT p2.user_id FROM room_participants p2 WHERE p2.room_id = r.room_id
+          ORDER BY p2.user_id) AS participants,
+    (SELECT COUNT(*) FROM messages m
+      WHERE m.room_id = r.room_id AND m.user_id <> $1 AND m.deleted_at IS NULL
+        AND m.seq > COALESCE((SELECT k.seq FROM read_markers k
+                              WHERE k.room_id = r.room_id AND k.user_id = $1), 0)) AS unread
+ FROM rooms r
+ JOIN room_participants p ON p.room_id = r.room_id
+ WHERE p.user_id = $1
+ ORDER BY COALESCE(r.last_timestamp, r.updated_at) DESC LIMIT 1000"
+);
 
 /// A row of `room_select!`: the room columns, then the participants' array.
 fn room_from_pg_row(row: &PgRow) -> Result<Room, StoreError> {

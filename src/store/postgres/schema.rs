@@ -2,6 +2,12 @@
 //! one transaction under `pg_advisory_xact_lock` and recorded in `chat_schema_migrations`
 //! (plain SQL rather than `sqlx::migrate!`: no extra feature or folder, and the lock makes
 //! simultaneous starts safe). A change of schema is a new entry at the end of `MIGRATIONS`.
+//!
+//! - 1: messages, rooms, participants, the outbox.
+//! - 2 (SPEC 10, the message lifecycle): `messages.reply_to`, `edited_at`, `deleted_at`,
+//!   `outbox.event` (and an index of the outbox by message, for the blanking of a deleted
+//!   message's pending entries), the tables `reactions`, `read_markers` and `message_changes`
+//!   (the room's change log that a `since` resume replays): the embedded store's tables.
 
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgPool;
@@ -10,9 +16,10 @@ use super::db_error;
 use crate::store::StoreError;
 
 /// The migrations, in order; each is applied once per database (schema).
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE messages (
         seq BIGSERIAL PRIMARY KEY,
         message_id TEXT COLLATE "C" NOT NULL UNIQUE,
@@ -58,7 +65,49 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         claimed_until TIMESTAMPTZ
     );
     "#,
-)];
+    ),
+    (
+        2,
+        // SPEC 10, the message lifecycle. Every statement is idempotent (`IF NOT EXISTS`), so a
+        // database written before it is upgraded in place: old rows read as never edited, not
+        // deleted, no reply, and old outbox entries as `message.sent`.
+        r#"
+    ALTER TABLE messages ADD COLUMN IF NOT EXISTS reply_to TEXT COLLATE "C";
+    ALTER TABLE messages ADD COLUMN IF NOT EXISTS edited_at BIGINT;
+    ALTER TABLE messages ADD COLUMN IF NOT EXISTS deleted_at BIGINT;
+    ALTER TABLE outbox ADD COLUMN IF NOT EXISTS event TEXT NOT NULL DEFAULT 'message.sent';
+    CREATE INDEX IF NOT EXISTS outbox_message ON outbox (message_id);
+    CREATE TABLE IF NOT EXISTS reactions (
+        id BIGSERIAL PRIMARY KEY,
+        message_id TEXT COLLATE "C" NOT NULL,
+        emoji TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        at BIGINT NOT NULL,
+        UNIQUE (message_id, emoji, user_id)
+    );
+    CREATE TABLE IF NOT EXISTS read_markers (
+        room_id TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        message_id TEXT COLLATE "C" NOT NULL,
+        seq BIGINT NOT NULL,
+        read_at BIGINT NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    );
+    CREATE TABLE IF NOT EXISTS message_changes (
+        seq BIGSERIAL PRIMARY KEY,
+        room_id TEXT COLLATE "C" NOT NULL,
+        message_id TEXT COLLATE "C" NOT NULL,
+        kind TEXT NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        emoji TEXT,
+        added BOOLEAN,
+        count BIGINT,
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS message_changes_room ON message_changes (room_id, at);
+    "#,
+    ),
+];
 
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

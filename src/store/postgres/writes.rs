@@ -3,7 +3,8 @@
 //! WITH ORDINALITY ORDER BY ord` multi-row inserts): the idempotency lookup, the messages,
 //! the rooms' upsert (rooms sorted, so two instances cannot deadlock), the outbox entries. A
 //! racing duplicate from another instance is absorbed by `ON CONFLICT DO NOTHING` and
-//! answered with the stored message.
+//! answered with the stored message. Changes and read markers (SPEC 10) keep their place in
+//! the batch (`lifecycle.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnection, PgPool};
 
-use super::{db_error, outbox, reads};
-use crate::domain::{Message, NewRoom, Room, RoomId, UserId, now_ms};
+use super::{db_error, lifecycle, outbox, reads};
+use crate::domain::{Message, MessageChange, NewRoom, ReadMarker, Room, RoomId, UserId, now_ms};
 use crate::store::batch::{
     Answers, AppendRun, ApplyBatch, Failing, OutboxCount, OutboxState, Reply, Transaction, Write,
     apply_in_order, conclude, newest_per_room,
 };
 use crate::store::rows::{by_key, message_columns, message_from_row};
-use crate::store::{Appended, Key, StoreError, key_of};
+use crate::store::{Appended, Changed, Key, MarkedRead, StoreError, key_of};
 
 /// A batch that has not committed by then fails with `Unavailable`.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,13 +147,17 @@ impl Transaction for PgConnection {
                 .iter()
                 .map(|m| m.client_message_id.as_ref().map(|c| c.as_str()))
                 .collect();
+            let replies: Vec<Option<&str>> = fresh
+                .iter()
+                .map(|m| m.reply_to.as_ref().map(|r| r.as_str()))
+                .collect();
             let inserted: Vec<String> = sqlx::query_scalar(
                 "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,
-                    timestamp, created_at, client_message_id)
-                 SELECT id, room, usr, name, body, kind, ts, $9, cmid
+                    timestamp, created_at, client_message_id, reply_to)
+                 SELECT id, room, usr, name, body, kind, ts, $9, cmid, reply
                    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                               $6::text[], $7::bigint[], $8::text[])
-                        WITH ORDINALITY AS t(id, room, usr, name, body, kind, ts, cmid, ord)
+                               $6::text[], $7::bigint[], $8::text[], $10::text[])
+                        WITH ORDINALITY AS t(id, room, usr, name, body, kind, ts, cmid, reply, ord)
                   ORDER BY ord
                  ON CONFLICT DO NOTHING
                  RETURNING message_id",
@@ -166,6 +171,7 @@ impl Transaction for PgConnection {
             .bind(&times)
             .bind(&cmids)
             .bind(now_ms() as i64)
+            .bind(&replies)
             .fetch_all(&mut *conn)
             .await
             .map_err(db_error)?;
@@ -323,21 +329,14 @@ impl Transaction for PgConnection {
 
     async fn change(
         &mut self,
-        _change: &crate::domain::MessageChange,
-        _count: &mut OutboxCount,
-    ) -> Result<crate::store::Changed, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+        change: &MessageChange,
+        count: &mut OutboxCount,
+    ) -> Result<Changed, StoreError> {
+        lifecycle::change(self, change, count).await
     }
 
-    async fn mark_read(
-        &mut self,
-        _marker: &crate::domain::ReadMarker,
-    ) -> Result<crate::store::MarkedRead, StoreError> {
-        Err(StoreError::Internal(
-            "lifecycle: not yet on this store".into(),
-        ))
+    async fn mark_read(&mut self, marker: &ReadMarker) -> Result<MarkedRead, StoreError> {
+        lifecycle::mark_read(self, marker).await
     }
 
     async fn mark_sent(&mut self, seqs: &[u64]) -> Result<u64, StoreError> {
