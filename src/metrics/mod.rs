@@ -270,8 +270,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub durable_write: Histogram,
     /// By room event kind.
-    pub bus_published: [Counter; 4],
-    pub bus_received: [Counter; 4],
+    pub bus_published: [Counter; ROOM_EVENTS.len()],
+    pub bus_received: [Counter; ROOM_EVENTS.len()],
     pub rate_limited: [Counter; 2],
     store: OnceLock<Arc<StoreStats>>,
     cache: OnceLock<Arc<HistoryCacheStats>>,
