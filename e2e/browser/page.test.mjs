@@ -318,3 +318,143 @@ test('refused events are shown once, with their code, and the page stays usable'
   assert.equal(await gina.page.getByTestId('message').count(), 1);
   await close(gina);
 });
+
+// ------------------------------------------------------------------ message lifecycle (SPEC 10)
+
+/** The message element with this id. */
+const byId = (page, id) => page.locator(`#messages [data-testid="message"][data-message-id="${id}"]`);
+const reaction = (msg, emoji) => msg.locator(`[data-testid="reaction"][data-emoji="${emoji}"]`);
+
+/** Waits until an element's attribute has a value. */
+const waitAttr = (locator, name, value) => locator.and(locator.page().locator(`[${name}="${value}"]`)).waitFor();
+
+async function switchRoom(c, roomId) {
+  await c.page.getByTestId('connect').click(); // Disconnect
+  await c.page.locator('#roomId').fill(roomId);
+  await c.page.getByTestId('connect').click();
+  await waitOnline(c.page);
+}
+
+test('edits, deletes, replies, reactions and read receipts show on the other page', { timeout: TEST_TIMEOUT }, async () => {
+  const roomId = uid('room');
+  const alice = await openChat({ userId: uid('alice'), username: 'Alice', roomId });
+  const bob = await openChat({ userId: uid('bob'), username: 'Bob', roomId });
+  await waitUsers(alice.page, [alice.userId, bob.userId]);
+  await waitUsers(bob.page, [alice.userId, bob.userId]);
+
+  await send(alice.page, 'first draft');
+  const id = await messagesWithText(alice.page, 'first draft').getAttribute('data-message-id');
+  await messagesWithText(bob.page, 'first draft').waitFor();
+  // Edit and delete only on one's own messages; reply and reactions on every message.
+  assert.equal(await byId(bob.page, id).getByTestId('edit').count(), 0);
+  assert.equal(await byId(bob.page, id).getByTestId('delete').count(), 0);
+  assert.equal(await byId(bob.page, id).getByTestId('reply').count(), 1);
+  assert.equal(await byId(alice.page, id).getByTestId('edit').count(), 1);
+
+  // Alice edits (the composer holds the old text); Bob sees the new text, marked edited.
+  const edited = 'final <i>text</i>';
+  await byId(alice.page, id).getByTestId('edit').click();
+  const input = alice.page.getByTestId('message-input');
+  assert.equal(await input.inputValue(), 'first draft');
+  await alice.page.getByTestId('compose').waitFor();
+  await input.fill(edited);
+  await input.press('Enter');
+  await byId(bob.page, id).locator('.body').getByText(edited, { exact: true }).waitFor();
+  await byId(bob.page, id).getByTestId('edited').waitFor();
+  await byId(alice.page, id).getByTestId('edited').waitFor();
+  assert.equal(await input.inputValue(), '', 'the composer is empty after the edit');
+  assert.equal(await alice.page.getByTestId('compose').isHidden(), true);
+  assert.equal(await bob.page.locator('#messages i').count(), 0, 'the edited text is not HTML');
+  assert.equal(await bob.page.getByTestId('message').count(), 1, 'an edit is not a new message');
+
+  // Bob replies: Alice sees the quote of her message.
+  await byId(bob.page, id).getByTestId('reply').click();
+  await bob.page.getByTestId('compose').getByText('Replying to Alice', { exact: false }).waitFor();
+  await send(bob.page, 'a reply');
+  const reply = messagesWithText(alice.page, 'a reply');
+  await reply.waitFor();
+  assert.equal(await reply.getByTestId('quote').locator('.quote-author').textContent(), 'Alice');
+  assert.equal(await reply.getByTestId('quote').locator('.quote-text').textContent(), edited);
+  assert.equal(await bob.page.getByTestId('compose').isHidden(), true, 'the reply is sent, the bar gone');
+
+  // Reactions: a click adds, a click on one's own reaction removes it.
+  await byId(bob.page, id).locator('[data-testid="quick-react"][data-emoji="👍"]').click();
+  await reaction(byId(alice.page, id), '👍').getByText('👍 1').waitFor();
+  assert.equal(await reaction(byId(alice.page, id), '👍').getAttribute('aria-pressed'), 'false');
+  await waitAttr(reaction(byId(bob.page, id), '👍'), 'aria-pressed', 'true');
+  await reaction(byId(alice.page, id), '👍').click(); // Alice joins in
+  await reaction(byId(bob.page, id), '👍').getByText('👍 2').waitFor();
+  await reaction(byId(bob.page, id), '👍').click(); // Bob takes his back
+  await reaction(byId(alice.page, id), '👍').getByText('👍 1').waitFor();
+  await waitAttr(reaction(byId(alice.page, id), '👍'), 'aria-pressed', 'true');
+  await reaction(byId(bob.page, id), '👍').getByText('👍 1').waitFor();
+  assert.equal(await reaction(byId(bob.page, id), '👍').getAttribute('aria-pressed'), 'false');
+  await reaction(byId(alice.page, id), '👍').click(); // and Alice hers: the chip goes
+  await reaction(byId(bob.page, id), '👍').waitFor({ state: 'detached' });
+
+  // Read receipts: each page marks the newest message read on receipt (it is visible). Bob
+  // sees that Alice read his reply, under that message only.
+  const replyId = await reply.getAttribute('data-message-id');
+  const bobsReceipts = bob.page.getByTestId('receipts');
+  await byId(bob.page, replyId).getByTestId('receipts').getByText('read by Alice', { exact: true }).waitFor();
+  assert.equal(await bobsReceipts.count(), 1);
+  await send(bob.page, 'and another');
+  const anotherId = await messagesWithText(bob.page, 'and another').getAttribute('data-message-id');
+  await byId(bob.page, anotherId).getByTestId('receipts').getByText('read by Alice').waitFor();
+  await byId(bob.page, replyId).getByTestId('receipts').waitFor({ state: 'detached' });
+  assert.equal(await bobsReceipts.count(), 1, 'one line per reader: under the newest it read');
+
+  // Alice deletes her message: a tombstone on Bob's page, and the reply quotes the tombstone.
+  alice.page.once('dialog', (d) => d.accept());
+  await byId(alice.page, id).getByTestId('delete').click();
+  await byId(bob.page, id).locator('.body.tombstone').getByText('message deleted', { exact: true }).waitFor();
+  await messagesWithText(bob.page, 'a reply').getByTestId('quote').getByText('message deleted').waitFor();
+  assert.equal(await byId(bob.page, id).getByText(edited).count(), 0, 'the text is gone');
+  assert.equal(await byId(bob.page, id).getByTestId('reply').count(), 0, 'no actions on a tombstone');
+  await byId(alice.page, id).locator('.body.tombstone').waitFor();
+
+  // A page that joins now gets the same state from the history.
+  const carol = await openChat({ userId: uid('carol'), username: 'Carol', roomId });
+  await messagesWithText(carol.page, 'and another').waitFor();
+  await byId(carol.page, id).locator('.body.tombstone').waitFor();
+  await messagesWithText(carol.page, 'a reply').getByTestId('quote').getByText('message deleted').waitFor();
+  await byId(carol.page, anotherId).getByTestId('receipts').getByText('read by Alice').waitFor();
+  await close(alice, bob, carol);
+});
+
+test('the rooms list shows unread counts, and reading a room clears its count', { timeout: TEST_TIMEOUT }, async () => {
+  const main = uid('main');
+  const side = uid('side');
+  // Alice takes part in `side`, then leaves for `main`; Bob writes in `side` meanwhile.
+  const alice = await openChat({ userId: uid('alice'), username: 'Alice', roomId: side });
+  const bob = await openChat({ userId: uid('bob'), username: 'Bob', roomId: side });
+  await alice.page.locator(`#rooms [data-room-id="${side}"] [aria-current="true"]`).waitFor();
+  await switchRoom(alice, main);
+  await send(bob.page, 'are you there?');
+  await send(bob.page, 'ping');
+
+  const sideRoom = alice.page.locator(`#rooms [data-room-id="${side}"]`);
+  // The list is refreshed on events; a window that gets the focus reloads it too.
+  await alice.page.evaluate(() => window.dispatchEvent(new Event('focus')));
+  await sideRoom.getByTestId('unread').getByText('2', { exact: true }).waitFor();
+  await alice.page.locator(`#rooms [data-room-id="${main}"] [aria-current="true"]`).waitFor();
+  assert.equal(await alice.page.locator(`#rooms [data-room-id="${main}"]`).getByTestId('unread').count(), 0);
+
+  // Deleting one of them brings the count down (deleted messages are not unread).
+  const pingId = await messagesWithText(bob.page, 'ping').getAttribute('data-message-id');
+  bob.page.once('dialog', (d) => d.accept());
+  await byId(bob.page, pingId).getByTestId('delete').click();
+  await byId(bob.page, pingId).locator('.body.tombstone').waitFor();
+  await alice.page.evaluate(() => window.dispatchEvent(new Event('focus')));
+  await sideRoom.getByTestId('unread').getByText('1', { exact: true }).waitFor();
+
+  // Alice opens `side` from the list: she reads it, the count goes, Bob sees the receipt.
+  await sideRoom.locator('button').click();
+  await waitOnline(alice.page);
+  await messagesWithText(alice.page, 'are you there?').waitFor();
+  await sideRoom.locator('[aria-current="true"]').waitFor();
+  await waitAttr(sideRoom, 'data-unread', '0');
+  // Her marker is the newest message of the room, the tombstone.
+  await byId(bob.page, pingId).getByTestId('receipts').getByText('read by Alice').waitFor();
+  await close(alice, bob);
+});

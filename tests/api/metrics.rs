@@ -170,6 +170,42 @@ async fn a_scripted_chat_moves_the_counters() {
     wait_for(&app, "chat_authenticated_users", &[], 0.0).await;
 }
 
+/// The SPEC 10 events are room events of their own kind on the bus (a regression: the bus
+/// counters once had room for the first four kinds only, and publishing an edit panicked).
+#[tokio::test]
+async fn lifecycle_events_are_counted_by_kind() {
+    let app = spawn_app().await;
+    let mut alice = app.member("alice", "metrics-life").await;
+    let id = alice.say("metrics-life", "hi").await["messageId"].clone();
+    for (event, extra) in [
+        ("edit_message", json!({"message": "hello"})),
+        ("add_reaction", json!({"emoji": "👍"})),
+        ("mark_read", json!({})),
+        ("delete_message", json!({})),
+    ] {
+        let mut data = json!({"roomId": "metrics-life", "messageId": id});
+        data.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let ack = alice.emit_ack(event, data).await;
+        assert_eq!(ack["success"], true, "{event}: {ack}");
+    }
+    alice.event("message_deleted").await;
+    let text = scrape(&app).await;
+    for kind in ["message", "edited", "reaction", "read", "deleted"] {
+        assert_eq!(
+            value(&text, "chat_bus_published_total", &[("event", kind)]),
+            1.0,
+            "{kind}"
+        );
+        assert_eq!(
+            value(&text, "chat_bus_received_total", &[("event", kind)]),
+            1.0,
+            "{kind}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn sessions_are_counted_by_transport_and_close_reason() {
     let app = spawn_app_with(&[

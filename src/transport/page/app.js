@@ -5,7 +5,9 @@
 //   (never innerHTML), so a message like `<img onerror=...>` is shown as text;
 // - on every (re)connect it authenticates, then joins with `since: lastMessageId`, so the server
 //   replays exactly what was missed; messages are deduplicated by messageId (a message sent
-//   while joining may come both in message_history and as new_message).
+//   while joining may come both in message_history and as new_message);
+// - a message is a record in `msgs`; every change to it (edit, delete, reaction, receipt)
+//   updates the record and repaints its <li> with paint().
 'use strict';
 
 (() => {
@@ -19,6 +21,10 @@
   const ROOM_RE = /^[A-Za-z0-9_\-:.@]{1,128}$/;
   // Errors after which reconnecting by ourselves would only fail again.
   const FATAL = new Set(['auth_failed', 'token_expired', 'too_many_connections', 'forbidden']);
+  const QUICK_EMOJI = ['👍', '❤️', '😂', '🎉', '😮'];
+  // The page only hears the events of its own room: the unread counts of the others are
+  // reloaded on focus and at this interval.
+  const ROOMS_REFRESH_MS = 30000;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -28,11 +34,18 @@
     users: $('users'), userCount: $('user-count'),
     errors: $('errors'), messages: $('messages'), empty: $('empty'), typing: $('typing'),
     sendForm: $('send-form'), input: $('message'), send: $('send'),
+    rooms: $('rooms'), roomsEmpty: $('rooms-empty'),
+    compose: $('compose'), composeText: $('compose-text'), composeCancel: $('compose-cancel'),
   };
 
   let session = null; // the current connection: {socket, userId, username, token, roomId, me, joined}
   let lastMessageId = null;
-  const seen = new Set();
+  // messageId -> {messageId, userId, username, message, messageType, timestamp, replyTo,
+  //               editedAt, deleted, reactions: Map(emoji -> {count, users: Set}), li}
+  const msgs = new Map();
+  const receipts = new Map(); // userId -> {messageId, readAt}: each member's read marker
+  const names = new Map(); // userId -> username, of everyone seen in this room (for receipts)
+  let compose = null; // {mode: 'reply' | 'edit', messageId} while the composer replies or edits
   const users = new Map(); // userId -> username
   const typers = new Map(); // userId -> username
   let typingOn = false;
@@ -111,40 +124,57 @@
     return m.scrollHeight - m.scrollTop - m.clientHeight < 80;
   }
 
+  const isMe = (userId) => Boolean(session && session.me && userId === session.me.userId);
+  const nameOf = (userId) => users.get(userId) || names.get(userId) || userId;
+
+  /** Copies the changeable state of a history item (or new_message) into a record. */
+  function applyState(rec, m) {
+    rec.deleted = m.deleted === true;
+    rec.message = rec.deleted ? '' : String(m.message ?? '');
+    rec.editedAt = Number(m.editedAt) || null;
+    rec.reactions = new Map();
+    for (const r of Array.isArray(m.reactions) ? m.reactions : []) {
+      if (!r || typeof r.emoji !== 'string' || !(Number(r.count) > 0)) continue;
+      const who = Array.isArray(r.userIds) ? r.userIds.map(String) : [];
+      rec.reactions.set(r.emoji, { count: Number(r.count), users: new Set(who) });
+    }
+  }
+
   function addMessage(msg) {
     if (!session || !msg || typeof msg.messageId !== 'string') return;
     if (msg.roomId !== undefined && msg.roomId !== session.roomId) return;
-    if (seen.has(msg.messageId)) return;
-    seen.add(msg.messageId);
+    const known = msgs.get(msg.messageId);
+    if (known) {
+      // Sent while we joined: it comes in message_history and as new_message. The history
+      // item (it has `reactions`) is the complete one.
+      if (Array.isArray(msg.reactions)) { applyState(known, msg); paint(known); }
+      return;
+    }
     ui.empty.hidden = true;
 
-    const mine = session.me && msg.userId === session.me.userId;
-    const type = ['text', 'image', 'file', 'system'].includes(msg.messageType) ? msg.messageType : 'text';
-    const li = h('li', `msg msg-${type}${mine ? ' mine' : ''}`);
+    const rec = {
+      messageId: msg.messageId,
+      userId: String(msg.userId ?? ''),
+      username: String(msg.username || msg.userId || '?'),
+      messageType: ['text', 'image', 'file', 'system'].includes(msg.messageType) ? msg.messageType : 'text',
+      timestamp: Number(msg.timestamp) || 0,
+      replyTo: typeof msg.replyTo === 'string' ? msg.replyTo : null,
+      li: h('li'),
+    };
+    applyState(rec, msg);
+    msgs.set(rec.messageId, rec);
+    if (rec.messageType !== 'system') names.set(rec.userId, rec.username);
+    const li = rec.li;
     li.dataset.testid = 'message';
-    li.dataset.messageId = msg.messageId;
-    li.dataset.userId = String(msg.userId ?? '');
-    li.dataset.timestamp = String(Number(msg.timestamp) || 0);
-    if (type !== 'system') {
-      const meta = h('div', 'meta');
-      meta.append(h('span', 'author', msg.username || msg.userId || '?'));
-      const time = h('time', 'time', formatTime(msg.timestamp));
-      const date = new Date(Number(msg.timestamp));
-      if (Number.isFinite(date.getTime())) {
-        time.dateTime = date.toISOString();
-        time.title = date.toLocaleString();
-      }
-      meta.append(time);
-      if (type !== 'text') meta.append(h('span', 'kind', type));
-      li.append(meta);
-    }
-    li.append(h('div', 'body', msg.message ?? ''));
+    li.dataset.messageId = rec.messageId;
+    li.dataset.userId = rec.userId;
+    li.dataset.timestamp = String(rec.timestamp);
+    paint(rec);
 
     // Keep the list in server order: a live message can overtake the history of a join.
     const stick = nearBottom();
-    const ts = Number(li.dataset.timestamp);
     let after = ui.messages.lastElementChild;
-    while (after && after !== ui.empty && Number(after.dataset.timestamp) > ts) {
+    while (after && after !== ui.empty && Number(after.dataset.timestamp) > rec.timestamp) {
       after = after.previousElementSibling;
     }
     if (after) after.after(li); else ui.messages.prepend(li);
@@ -154,9 +184,121 @@
     while (ui.messages.children.length > MAX_RENDERED + 1) {
       const oldest = ui.empty.nextElementSibling;
       if (!oldest) break;
+      msgs.delete(oldest.dataset.messageId);
       oldest.remove();
     }
-    if (stick || mine) ui.messages.scrollTop = ui.messages.scrollHeight;
+    repaintReplies(rec.messageId);
+    if (stick || isMe(rec.userId)) ui.messages.scrollTop = ui.messages.scrollHeight;
+  }
+
+  function button(action, text, title, className = 'act') {
+    const b = h('button', className, text);
+    b.type = 'button';
+    b.dataset.action = action;
+    b.dataset.testid = action;
+    if (title) { b.title = title; b.setAttribute('aria-label', title); }
+    return b;
+  }
+
+  /** The quoted original of a reply. */
+  function quote(id) {
+    const q = h('div', 'quote');
+    q.dataset.testid = 'quote';
+    q.dataset.action = 'jump';
+    const orig = msgs.get(id);
+    if (!orig) {
+      q.append(h('span', 'quote-text', 'original message not loaded'));
+    } else {
+      q.append(h('span', 'quote-author', orig.username));
+      q.append(h('span', `quote-text${orig.deleted ? ' tombstone' : ''}`,
+        orig.deleted ? 'message deleted' : orig.message));
+    }
+    return q;
+  }
+
+  /** (Re)renders a message from its record. */
+  function paint(rec) {
+    const { li } = rec;
+    const mine = isMe(rec.userId);
+    const type = rec.messageType;
+    li.className = `msg msg-${type}${mine ? ' mine' : ''}${rec.deleted ? ' deleted' : ''}`;
+    const parts = [];
+    if (type !== 'system') {
+      const meta = h('div', 'meta');
+      meta.append(h('span', 'author', rec.username));
+      const time = h('time', 'time', formatTime(rec.timestamp));
+      const date = new Date(rec.timestamp);
+      if (Number.isFinite(date.getTime())) {
+        time.dateTime = date.toISOString();
+        time.title = date.toLocaleString();
+      }
+      meta.append(time);
+      if (type !== 'text') meta.append(h('span', 'kind', type));
+      if (rec.editedAt && !rec.deleted) {
+        const edited = h('span', 'edited', 'edited');
+        edited.dataset.testid = 'edited';
+        edited.title = `edited ${new Date(rec.editedAt).toLocaleString()}`;
+        meta.append(edited);
+      }
+      parts.push(meta);
+    }
+    if (rec.replyTo) parts.push(quote(rec.replyTo));
+    parts.push(rec.deleted ? h('div', 'body tombstone', 'message deleted') : h('div', 'body', rec.message));
+
+    if (rec.reactions.size && !rec.deleted) {
+      const row = h('div', 'reactions');
+      for (const [emoji, r] of rec.reactions) {
+        const chip = button('react', `${emoji} ${r.count}`, null, 'reaction');
+        chip.dataset.testid = 'reaction';
+        chip.dataset.emoji = emoji;
+        chip.setAttribute('aria-pressed', String([...r.users].some(isMe)));
+        chip.title = [...r.users].map(nameOf).join(', ');
+        row.append(chip);
+      }
+      parts.push(row);
+    }
+
+    // "read by": the others whose read marker is this message (its author aside).
+    const readers = [...receipts]
+      .filter(([u, r]) => r.messageId === rec.messageId && u !== rec.userId && !isMe(u))
+      .map(([u]) => nameOf(u)).sort((a, b) => a.localeCompare(b));
+    if (readers.length) {
+      const line = h('div', 'receipts', `read by ${readers.join(', ')}`);
+      line.dataset.testid = 'receipts';
+      parts.push(line);
+    }
+
+    if (type !== 'system' && !rec.deleted) {
+      const bar = h('div', 'actions');
+      bar.append(button('reply', 'Reply', 'Reply to this message'));
+      for (const emoji of QUICK_EMOJI) {
+        const b = button('react', emoji, `React with ${emoji}`);
+        b.dataset.testid = 'quick-react';
+        b.dataset.emoji = emoji;
+        bar.append(b);
+      }
+      if (mine) {
+        bar.append(button('edit', 'Edit', 'Edit your message'), button('delete', 'Delete', 'Delete your message'));
+      }
+      parts.push(bar);
+    }
+    li.replaceChildren(...parts);
+  }
+
+  /** Repaints the replies to a message (their quote shows its current text). */
+  function repaintReplies(id) {
+    for (const rec of msgs.values()) if (rec.replyTo === id) paint(rec);
+  }
+
+  /** A read marker moved (never backwards: an older answer does not undo a newer event). */
+  function setReceipt(userId, messageId, readAt) {
+    const old = receipts.get(userId);
+    if (old && old.readAt > readAt) return;
+    receipts.set(userId, { messageId, readAt });
+    for (const id of new Set([old && old.messageId, messageId])) {
+      const rec = id && msgs.get(id);
+      if (rec) paint(rec);
+    }
   }
 
   function renderUsers() {
@@ -186,7 +328,10 @@
   }
 
   function resetRoomView() {
-    seen.clear();
+    msgs.clear();
+    receipts.clear();
+    names.clear();
+    endCompose();
     users.clear();
     typers.clear();
     lastMessageId = null;
@@ -213,7 +358,7 @@
   }
 
   ui.input.addEventListener('input', () => {
-    if (!session || !session.joined) return;
+    if (!session || !session.joined || (compose && compose.mode === 'edit')) return;
     if (!ui.input.value.trim()) { stopTyping(); return; }
     if (!typingOn) {
       typingOn = true;
@@ -223,24 +368,185 @@
     typingTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
   });
 
-  // ---------------------------------------------------------------- sending
+  // ---------------------------------------------------------------- sending, replying, editing
+
+  /** Replies to or edits `rec` with the composer; the bar above it says which. */
+  function startCompose(mode, rec) {
+    if (compose && compose.mode === 'edit') ui.input.value = '';
+    compose = { mode, messageId: rec.messageId };
+    ui.composeText.textContent = mode === 'edit'
+      ? 'Editing your message (Enter to save)'
+      : `Replying to ${rec.username}: ${rec.message}`;
+    ui.compose.hidden = false;
+    if (mode === 'edit') { stopTyping(); ui.input.value = rec.message; }
+    ui.input.focus();
+  }
+
+  function endCompose() {
+    if (compose && compose.mode === 'edit') ui.input.value = '';
+    compose = null;
+    ui.compose.hidden = true;
+  }
+
+  ui.composeCancel.addEventListener('click', endCompose);
+  ui.input.addEventListener('keydown', (ev) => { if (ev.key === 'Escape' && compose) endCompose(); });
+
+  /** A change to a message; a refusal is shown. */
+  function change(s, event, payload) {
+    return request(s, event, { roomId: s.roomId, ...payload })
+      .catch((e) => { if (session === s) showError(e.code, e.message); });
+  }
 
   ui.sendForm.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const s = session;
     const text = ui.input.value;
     if (!s || !s.joined || !text.trim()) return;
+    const was = compose;
+    if (was && was.mode === 'edit') {
+      const rec = msgs.get(was.messageId);
+      endCompose();
+      if (!rec || rec.message === text) return;
+      request(s, 'edit_message', { roomId: s.roomId, messageId: was.messageId, message: text })
+        .catch((e) => {
+          if (session !== s) return;
+          showError(e.code, e.message);
+          if (ui.input.value || compose || rec.deleted) return;
+          startCompose('edit', rec);
+          ui.input.value = text; // give the text back
+        });
+      return;
+    }
     stopTyping();
     ui.input.value = '';
+    endCompose();
     // clientMessageId makes a retried send idempotent on the server.
     const clientMessageId = `c-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
-    request(s, 'send_message', { roomId: s.roomId, message: text, clientMessageId })
+    const payload = { roomId: s.roomId, message: text, clientMessageId };
+    if (was) payload.replyTo = was.messageId;
+    request(s, 'send_message', payload)
       .catch((e) => {
         if (session !== s) return;
         showError(e.code, e.message);
-        if (!ui.input.value) ui.input.value = text; // give the text back
+        if (ui.input.value) return;
+        const orig = was && !compose && msgs.get(was.messageId);
+        if (orig) startCompose('reply', orig);
+        ui.input.value = text; // give the text back, and the reply
       });
   });
+
+  // The buttons of the messages: one listener for the whole list.
+  ui.messages.addEventListener('click', (ev) => {
+    const el = ev.target.closest('[data-action]');
+    const li = el && el.closest('li[data-message-id]');
+    const rec = li && msgs.get(li.dataset.messageId);
+    const s = session;
+    if (!rec || !s || !s.joined) return;
+    const { messageId } = rec;
+    switch (el.dataset.action) {
+      case 'reply': startCompose('reply', rec); break;
+      case 'edit': startCompose('edit', rec); break;
+      case 'delete':
+        if (window.confirm('Delete this message for everyone?')) change(s, 'delete_message', { messageId });
+        break;
+      case 'react': {
+        // A click toggles: my own reaction is removed, any other added.
+        const { emoji } = el.dataset;
+        const r = rec.reactions.get(emoji);
+        const mineAlready = Boolean(r && [...r.users].some(isMe));
+        change(s, mineAlready ? 'remove_reaction' : 'add_reaction', { messageId, emoji });
+        break;
+      }
+      case 'jump': {
+        const orig = msgs.get(rec.replyTo);
+        if (orig) orig.li.scrollIntoView({ block: 'center', behavior: 'smooth' });
+        break;
+      }
+    }
+  });
+
+  // ---------------------------------------------------------------- read markers, rooms
+
+  /** Marks the newest message read, when the page is in view (and it is not marked yet). */
+  function markRead() {
+    const s = session;
+    const id = lastMessageId;
+    if (!s || !s.joined || !id || id === s.markedRead || document.visibilityState !== 'visible') return;
+    s.markedRead = id;
+    request(s, 'mark_read', { roomId: s.roomId, messageId: id })
+      .catch(() => { if (s.markedRead === id) s.markedRead = null; }); // tried again on the next one
+  }
+
+  /** REST as the connected user: Bearer token when one was given, else X-User-Id (AUTH_MODE=none). */
+  async function api(s, path) {
+    const headers = {};
+    if (s.token) headers.Authorization = `Bearer ${s.token}`;
+    if (s.me) headers['X-User-Id'] = s.me.userId;
+    const res = await fetch(path, { headers, cache: 'no-store' });
+    if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+    return res.json();
+  }
+
+  function renderRooms(list) {
+    const rooms = Array.isArray(list) ? list.filter((r) => r && typeof r.roomId === 'string') : [];
+    ui.rooms.replaceChildren(...rooms.map((r) => {
+      const li = h('li', 'room');
+      li.dataset.testid = 'room';
+      li.dataset.roomId = r.roomId;
+      const b = h('button', 'room-link');
+      b.type = 'button';
+      b.append(h('span', 'room-name', r.roomId));
+      const unread = Number(r.unreadCount) || 0;
+      li.dataset.unread = String(unread);
+      if (unread > 0) {
+        const badge = h('span', 'unread', unread > 99 ? '99+' : unread);
+        badge.dataset.testid = 'unread';
+        badge.title = `${unread} unread`;
+        b.append(badge);
+      }
+      if (session && r.roomId === session.roomId) b.setAttribute('aria-current', 'true');
+      b.addEventListener('click', () => {
+        if (session && session.roomId === r.roomId) return;
+        ui.roomId.value = r.roomId;
+        if (session) stop();
+        start();
+      });
+      li.append(b);
+      return li;
+    }));
+    ui.roomsEmpty.hidden = rooms.length > 0;
+  }
+
+  let roomsTimer = null;
+  let roomsSeq = 0;
+  /** Reloads the rooms list soon (several events in a row: one request). */
+  function refreshRooms(delay = 300) {
+    clearTimeout(roomsTimer);
+    roomsTimer = setTimeout(async () => {
+      const s = session;
+      if (!s || !s.me) return;
+      const seq = ++roomsSeq;
+      try {
+        const res = await api(s, '/api/chat/rooms');
+        if (seq === roomsSeq && session === s) renderRooms(res.rooms);
+      } catch { /* an extra: keep the last list */ }
+    }, delay);
+  }
+
+  async function loadReceipts(s) {
+    try {
+      const res = await api(s, `/api/chat/${s.roomId}/receipts`);
+      if (session !== s) return;
+      for (const r of Array.isArray(res.receipts) ? res.receipts : []) {
+        if (r && r.userId !== undefined) setReceipt(String(r.userId), String(r.messageId), Number(r.readAt) || 0);
+      }
+    } catch { /* receipts are an extra */ }
+  }
+
+  const inView = () => { markRead(); refreshRooms(0); };
+  document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') inView(); });
+  window.addEventListener('focus', inView);
+  setInterval(() => { if (session && session.joined) refreshRooms(0); }, ROOMS_REFRESH_MS);
 
   // ---------------------------------------------------------------- connection
 
@@ -270,6 +576,9 @@
       setStatus('online', `Online as ${s.me.username} in ${s.roomId}`);
       setComposer(true);
       renderUsers();
+      loadReceipts(s);
+      refreshRooms(0);
+      markRead();
     } catch (e) {
       for (const w of [...s.historyWaiters]) w(0);
       if (session !== s) return;
@@ -345,12 +654,48 @@
     socket.on('new_message', mine((msg) => {
       addMessage(msg);
       if (msg && typers.delete(String(msg.userId))) renderTyping();
+      markRead();
+      if (msg && !isMe(String(msg.userId))) refreshRooms();
+    }));
+    socket.on('message_edited', mine((e) => {
+      const rec = e && e.roomId === s.roomId && msgs.get(e.messageId);
+      if (!rec || rec.deleted) return;
+      rec.message = String(e.message ?? '');
+      rec.editedAt = Number(e.editedAt) || Date.now();
+      paint(rec);
+      repaintReplies(rec.messageId);
+    }));
+    socket.on('message_deleted', mine((e) => {
+      const rec = e && e.roomId === s.roomId && msgs.get(e.messageId);
+      if (!rec) return;
+      rec.deleted = true;
+      rec.message = '';
+      rec.reactions.clear();
+      if (compose && compose.messageId === rec.messageId) endCompose();
+      paint(rec);
+      repaintReplies(rec.messageId);
+      refreshRooms();
+    }));
+    socket.on('reaction_updated', mine((e) => {
+      const rec = e && e.roomId === s.roomId && msgs.get(e.messageId);
+      if (!rec || typeof e.emoji !== 'string') return;
+      const r = rec.reactions.get(e.emoji) || { count: 0, users: new Set() };
+      if (e.added) r.users.add(String(e.userId)); else r.users.delete(String(e.userId));
+      r.count = Number(e.count) || 0;
+      if (r.count > 0) rec.reactions.set(e.emoji, r); else rec.reactions.delete(e.emoji);
+      paint(rec);
+    }));
+    socket.on('read_receipt', mine((e) => {
+      if (!e || e.roomId !== s.roomId || e.userId === undefined) return;
+      setReceipt(String(e.userId), String(e.messageId), Number(e.readAt) || 0);
+      if (isMe(String(e.userId))) refreshRooms();
     }));
     socket.on('room_users', mine((list) => {
       users.clear();
       for (const u of Array.isArray(list) ? list : []) {
         if (u && u.userId !== undefined) users.set(String(u.userId), String(u.username ?? u.userId));
       }
+      for (const [id, name] of users) names.set(id, name);
       renderUsers();
     }));
     socket.on('user_joined', mine((u) => {
@@ -396,6 +741,7 @@
 
     resetRoomView();
     ui.errors.replaceChildren();
+    renderRooms([]);
     // Short reconnection delays: after a network drop the page is back within ~2 s of the
     // network returning.
     const socket = io({ reconnectionDelay: 500, reconnectionDelayMax: 2000, timeout: 8000 });
@@ -419,6 +765,7 @@
       s.socket.io.off();
     }
     setComposer(false);
+    endCompose();
     users.clear();
     typers.clear();
     renderUsers();
