@@ -3,6 +3,7 @@
 //! old README, also under `/chat/...`. Handlers are thin: extract, call one `ChatService`
 //! method, map.
 
+pub(crate) mod bearer;
 mod error;
 mod metrics;
 mod openapi;
