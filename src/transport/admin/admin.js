@@ -217,7 +217,11 @@
     head.append(name, meta);
 
     const history = r.history || {};
-    const windowMs = interval * Math.max(1, (history.at || []).length, 150);
+    // The charts span the history the instance has (five minutes once it has run that long),
+    // at least ten samples, so a young instance's first points are not squeezed to one edge.
+    const at = history.at || [];
+    const span = at.length > 1 ? at[at.length - 1] - at[0] : 0;
+    const windowMs = Math.max(span, 10 * interval);
     const t = r.connectionsByTransport || {};
     const figures = h('div', 'figures');
     figures.append(
