@@ -23,11 +23,14 @@ use crate::bus::Bus;
 use crate::bus::local::LocalBus;
 use crate::bus::redis::RedisBus;
 use crate::chat::ChatService;
+use crate::chat::operator::Operator;
 use crate::chat::rooms::RoomRegistry;
 use crate::config::{AuthConfig, Config, CorsConfig, StorageKind};
 use crate::events::EventPublisher;
 use crate::events::amqp::{AmqpConfig, AmqpPublisher};
 use crate::events::relay::{OutboxRelay, RelayConfig};
+use crate::fleet::Fleet;
+use crate::fleet::redis::RedisFleet;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::presence::memory::MemoryPresence;
@@ -38,7 +41,7 @@ use crate::store::postgres::{PostgresConfig, PostgresStore};
 use crate::store::redis_cache::RedisCachedStore;
 use crate::store::{MessageStore, OutboxConfig, embedded::EmbeddedStore};
 use crate::transport::session::SessionConfig;
-use crate::transport::{http, page, socketio, ws};
+use crate::transport::{admin, http, page, socketio, ws};
 
 pub struct App {
     listener: TcpListener,
@@ -49,6 +52,9 @@ pub struct App {
     store: Arc<dyn MessageStore>,
     bus: Arc<dyn Bus>,
     events: Option<Arc<dyn EventPublisher>>,
+    /// The operator's samples (`/admin`), when someone can read them: with `ADMIN_TOKEN` or
+    /// with Redis (other instances' pages).
+    operator: Option<Arc<Operator>>,
     shutdown_timeout: Duration,
     /// Adapter tasks (Redis bus, presence heartbeat), aborted after the drain.
     background: Background,
@@ -68,6 +74,8 @@ impl Drop for Background {
 
 /// How long a Socket.IO client may take to connect to a namespace (socket.io's default).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long the shutdown waits for the operator's report to be withdrawn from Redis.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl App {
     /// The protocol-test server (`transport::socketio::protocol_test`; README, "Protocol
@@ -235,6 +243,17 @@ impl App {
             chat = chat.with_events(events.clone());
         }
         let chat = Arc::new(chat);
+        // The operator's page (`/admin`): every instance on a Redis publishes its report there,
+        // so that the page of any instance shows them all, whether or not it serves the page.
+        let fleet: Option<Arc<dyn Fleet>> = match &cfg.redis {
+            None => None,
+            Some(redis) => Some(Arc::new(
+                RedisFleet::new(&redis.url)
+                    .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
+            )),
+        };
+        let sampled = cfg.admin_token.is_some() || fleet.is_some();
+        let operator = Arc::new(Operator::new(chat.clone(), fleet));
 
         let workers = TaskTracker::new();
         let stop_workers = CancellationToken::new();
@@ -265,6 +284,7 @@ impl App {
             metrics_token: cfg.metrics_token.as_deref().map(Arc::from),
         })
         .merge(page::router())
+        .merge(admin::router(operator.clone(), cfg.admin_token.as_deref()))
         .merge(ws_routes)
         .merge(socket_io)
         .layer(DefaultBodyLimit::max(cfg.max_payload_bytes as usize))
@@ -282,6 +302,7 @@ impl App {
             store,
             bus,
             events,
+            operator: sampled.then_some(operator),
             shutdown_timeout: cfg.shutdown_timeout,
             background: Background(background),
         })
@@ -309,6 +330,7 @@ impl App {
             store,
             bus,
             events,
+            operator,
             shutdown_timeout,
             background,
         } = self;
@@ -328,6 +350,14 @@ impl App {
                 }
             }
         });
+        // Aborted if this future is dropped (an app aborted in a test stops publishing).
+        let stop_operator = CancellationToken::new();
+        let mut operator = Background(
+            operator
+                .map(|op| tokio::spawn(op.run(stop_operator.clone().cancelled_owned())))
+                .into_iter()
+                .collect(),
+        );
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let server =
             // TCP_NODELAY: chat frames are small and often written back to back (an ack, then
@@ -364,6 +394,16 @@ impl App {
             Err(_) => tracing::warn!("in-flight requests did not finish in time"),
         }
         typing.abort();
+        // Off the operator's page of the other instances at once (a report expires anyway):
+        // one Redis call, bounded apart from the four steps of SHUTDOWN_TIMEOUT_SECS.
+        stop_operator.cancel();
+        let _ = tokio::time::timeout(WITHDRAW_TIMEOUT, async {
+            for task in &mut operator.0 {
+                let _ = task.await;
+            }
+        })
+        .await;
+        drop(operator);
         // No new messages now: publish what the outbox holds (best effort, bounded); the rest
         // stays in the store and is sent after the next start.
         if let Some(mut relay) = relay {

@@ -162,6 +162,9 @@ pub struct Cli {
     /// Bearer token GET /metrics requires (unset: the endpoint is open)
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Token of the operator's page at /admin (unset: the page is off, 404)
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +240,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `METRICS_TOKEN`: the bearer token `GET /metrics` requires (`None`: open).
     pub metrics_token: Option<String>,
+    /// `ADMIN_TOKEN`: the token of the operator's page (`None`: the page is off).
+    pub admin_token: Option<String>,
 }
 
 /// A setting that cannot be used; the text names the variable.
@@ -440,6 +445,7 @@ impl Config {
             ping_timeout: Duration::from_millis(cli.ping_timeout_ms),
             shutdown_timeout: Duration::from_secs(cli.shutdown_timeout_secs),
             metrics_token: cli.metrics_token.clone().filter(|t| !t.is_empty()),
+            admin_token: cli.admin_token.clone().filter(|t| !t.is_empty()),
         })
     }
 }
@@ -492,6 +498,7 @@ impl fmt::Debug for Cli {
             .field("jwt_audience", &self.jwt_audience)
             .field("auth_grpc_url", &self.auth_grpc_url)
             .field("metrics_token", &redacted(&self.metrics_token))
+            .field("admin_token", &redacted(&self.admin_token))
             .finish_non_exhaustive()
     }
 }
@@ -524,6 +531,7 @@ impl fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("chat", &self.chat)
             .field("metrics_token", &redacted(&self.metrics_token))
+            .field("admin_token", &redacted(&self.admin_token))
             .finish_non_exhaustive()
     }
 }
@@ -589,15 +597,31 @@ mod tests {
             "amqp://guest:pa55@mq:5672",
             "--metrics-token",
             "m3trics-token",
+            "--admin-token",
+            "adm1n-token",
         ])
         .unwrap();
         let shown = format!("{c:?}");
-        for secret in ["hunter2", "s3cr3t-value", "pa55", "m3trics-token"] {
+        for secret in [
+            "hunter2",
+            "s3cr3t-value",
+            "pa55",
+            "m3trics-token",
+            "adm1n-token",
+        ] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
         assert!(shown.contains("redis://:***@r:6379"), "{shown}");
-        let cli = Cli::try_parse_from(["chat-service", "--jwt-secret", "s3cr3t-value"]).unwrap();
-        assert!(!format!("{cli:?}").contains("s3cr3t-value"));
+        let cli = Cli::try_parse_from([
+            "chat-service",
+            "--jwt-secret",
+            "s3cr3t-value",
+            "--admin-token",
+            "adm1n-token",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("s3cr3t-value") && !shown.contains("adm1n-token"));
     }
 
     #[test]

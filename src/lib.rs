@@ -3,8 +3,8 @@
 //!
 //! Crate map and the dependency rule ("may use"):
 //! - `domain`: ids, messages, rooms, room events. Uses nothing.
-//! - `store`, `bus`, `presence`, `auth`, `events`: one port (trait + contract) per folder, with their
-//!   adapters. Adapters use `domain` and their own config only.
+//! - `store`, `bus`, `presence`, `auth`, `events`, `fleet`: one port (trait + contract) per
+//!   folder, with their adapters. Adapters use `domain` and their own config only.
 //! - `chat`: the use cases and the local room registry. Uses `domain` and the port traits,
 //!   never a concrete adapter.
 //! - `transport`: Socket.IO, REST, the client page. Uses `chat`, `domain`, the `auth` types.
@@ -24,6 +24,7 @@ pub mod chat;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod presence;
 pub mod redis_link;

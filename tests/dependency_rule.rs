@@ -6,7 +6,7 @@
 //! - `metrics/` names nothing of the crate but itself (every layer counts into it).
 //! - `chat/` uses `domain` and the port traits, never an adapter, `transport` or `app`, and no
 //!   transport or adapter crate.
-//! - Adapters (`store`, `bus`, `presence`, `events`, `auth`) never name `chat`, `transport` or
+//! - Adapters (`store`, `bus`, `presence`, `events`, `auth`, `fleet`) never name `chat`, `transport` or
 //!   `app`, nor another port's adapters.
 //! - `transport/` never names a concrete adapter or `app`.
 //! - Each IO crate appears only in its own adapter (axum/tungstenite only in `transport/` and
@@ -31,6 +31,7 @@ const ADAPTERS: &[&str] = &[
     "auth::grpc",
     "events::amqp",
     "events::relay",
+    "fleet::redis",
 ];
 
 /// IO crates and where they may appear (path prefixes under `src/`).
@@ -55,6 +56,7 @@ const CRATES: &[(&str, &[&str])] = &[
             "store/redis_cache.rs",
             "bus/redis.rs",
             "presence/redis.rs",
+            "fleet/redis.rs",
             "redis_link.rs",
             "app.rs",
         ],
@@ -119,12 +121,12 @@ fn violations(src: &Path) -> Vec<String> {
                 "chat" if matches!(module, "transport" | "app" | "config") => {
                     Some("chat never names transport, app or config")
                 }
-                "store" | "bus" | "presence" | "events" | "auth"
+                "store" | "bus" | "presence" | "events" | "auth" | "fleet"
                     if matches!(module, "chat" | "transport" | "app") =>
                 {
                     Some("adapters never name chat, transport or app")
                 }
-                "store" | "bus" | "presence" | "events" | "auth"
+                "store" | "bus" | "presence" | "events" | "auth" | "fleet"
                     if is_adapter && module != layer =>
                 {
                     Some("an adapter never names another port's adapter")

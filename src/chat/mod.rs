@@ -22,6 +22,7 @@
 //! | `conn.rs` | `ClientSink`: how the core reaches one connection, whatever its transport |
 //! | `wire.rs` | socket event names and the shared outbound `ServerEvent` |
 //! | `limits.rs` | `RateLimiter`: the per-user send rate |
+//! | `operator.rs` | `Operator`: samples of this instance for the operator's page, published to the fleet; the fleet's view |
 
 pub mod conn;
 mod error;
@@ -29,6 +30,7 @@ mod lifecycle;
 mod limits;
 mod membership;
 mod messages;
+pub mod operator;
 mod queries;
 pub mod rooms;
 mod session;

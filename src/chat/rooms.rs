@@ -3,7 +3,7 @@
 //! local members through `on_event`, which encodes the event once and hands the same bytes to
 //! every recipient.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,6 +75,33 @@ impl RoomRegistry {
     /// Local connections in a room (for tests and metrics).
     pub fn local_connections(&self, room: &RoomId) -> usize {
         self.rooms.read().get(room).map_or(0, HashMap::len)
+    }
+
+    /// The `n` rooms with the most distinct local users, biggest first (ties by room id), as
+    /// (room, users, connections); for the operator's page, once per sample, not per message.
+    pub fn biggest(&self, n: usize) -> Vec<(RoomId, usize, usize)> {
+        let rooms = self.rooms.read();
+        let mut users = HashSet::new();
+        let mut sizes: Vec<(&RoomId, usize, usize)> = rooms
+            .iter()
+            .map(|(room, conns)| {
+                users.clear();
+                users.extend(conns.values().map(|e| &e.user));
+                (room, users.len(), conns.len())
+            })
+            .collect();
+        let order = |a: &(&RoomId, usize, usize), b: &(&RoomId, usize, usize)| {
+            b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))
+        };
+        if sizes.len() > n && n > 0 {
+            sizes.select_nth_unstable_by(n - 1, order);
+        }
+        sizes.truncate(n);
+        sizes.sort_unstable_by(order);
+        sizes
+            .into_iter()
+            .map(|(room, users, conns)| (room.clone(), users, conns))
+            .collect()
     }
 
     fn deliver(&self, room: &RoomId, event: &Arc<ServerEvent>, skip_user: Option<&UserId>) {

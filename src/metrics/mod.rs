@@ -380,6 +380,11 @@ impl Metrics {
         let _ = self.outbox.set(stats);
     }
 
+    /// The outbox relay's figures, once registered (with RabbitMQ).
+    pub fn outbox_stats(&self) -> Option<&OutboxStats> {
+        self.outbox.get().map(|s| &**s)
+    }
+
     /// The exposition text (Prometheus text format 0.0.4).
     pub fn render(&self) -> String {
         render::render(self)

@@ -5,7 +5,8 @@
 //!   while the count stays within the limit; a refused connection is not counted.
 //! - Room membership is per user: `join` reports whether this is the user's first connection
 //!   in the room (others then get `user_joined`), `leave` whether it was the last (`user_left`).
-//! - `members` lists the users of a room with their names.
+//! - `members` lists the users of a room with their names; `member_counts` only counts them
+//!   (for the operator's page: it may lag behind by the expiry of a dead instance's entries).
 
 pub mod memory;
 pub mod redis;
@@ -45,4 +46,12 @@ pub trait Presence: Send + Sync + 'static {
         conn: ConnId,
     ) -> Result<bool, PresenceError>;
     async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError>;
+    /// How many users each room has, in the order of `rooms`.
+    async fn member_counts(&self, rooms: &[RoomId]) -> Result<Vec<u64>, PresenceError> {
+        let mut counts = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            counts.push(self.members(room).await?.len() as u64);
+        }
+        Ok(counts)
+    }
 }

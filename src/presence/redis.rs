@@ -577,4 +577,24 @@ impl Presence for RedisPresence {
             }
         }
     }
+
+    /// `SCARD chat:room:{roomId}:users` of each room, in one pipeline (not pruned: a dead
+    /// instance's users count until their entries expire).
+    async fn member_counts(&self, rooms: &[RoomId]) -> Result<Vec<u64>, PresenceError> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.cmd("SCARD").arg(room_users(room));
+        }
+        let mut c = self.conn.clone();
+        match pipe.query_async(&mut c).await {
+            Ok(counts) => Ok(counts),
+            Err(e) => {
+                self.failed("member_counts", &e);
+                self.memory.member_counts(rooms).await
+            }
+        }
+    }
 }

@@ -10,8 +10,9 @@
 //! - `socketio/`: the Engine.IO/Socket.IO codec, the long-polling carrier and the routes;
 //! - `ws/`: the raw JSON-frame codec and its routes (`/`, `/ws`);
 //! - `dto.rs`: socket event payloads -> chat commands; `http/`: REST, errors, OpenAPI;
-//!   `page.rs`: the client page.
+//!   `page.rs`: the client page; `admin/`: the operator's page (`/admin`, with `ADMIN_TOKEN`).
 
+pub mod admin;
 pub mod dto;
 pub mod http;
 pub mod page;

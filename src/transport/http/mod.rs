@@ -4,6 +4,7 @@
 //! old README, also under `/chat/...`. Handlers are thin: extract, call one `ChatService`
 //! method, map.
 
+pub(crate) mod bearer;
 mod error;
 mod lifecycle;
 mod metrics;
