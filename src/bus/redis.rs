@@ -203,7 +203,7 @@ impl RedisBus {
                     },
                     _ = ping.tick() => {
                         let mut s = sink.clone();
-                        match tokio::time::timeout(TIMEOUT, s.ping::<Vec<String>>()).await {
+                        match tokio::time::timeout(TIMEOUT, s.ping::<redis::Value>()).await {
                             Ok(Ok(_)) => {}
                             _ => break,
                         }

@@ -47,6 +47,7 @@ async fn history_pages_with_limit_and_before_under_both_prefixes() {
             "message",
             "messageId",
             "messageType",
+            "reactions",
             "roomId",
             "timestamp",
             "userId",
