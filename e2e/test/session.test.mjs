@@ -103,7 +103,7 @@ for (const mode of MODES) {
       assert.equal(jb.history.length, 1);
       assert.deepEqual(jb.history[0], {
         messageId: sent.messageId, roomId, userId: a.userId, username: 'Alice', message: 'first',
-        messageType: 'text', timestamp: sent.timestamp,
+        messageType: 'text', timestamp: sent.timestamp, reactions: [],
       });
       assert.ok(Array.isArray(jb.users));
       for (const u of jb.users) assert.deepEqual(keysOf(u), ['userId', 'username']);
