@@ -82,9 +82,9 @@ fn config_of(url: &str) -> anyhow::Result<Config> {
     } else if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
         ["--storage", "mongodb", "--mongodb-uri", url]
     } else {
+        let scheme = url.split(':').next().unwrap_or_default();
         anyhow::bail!(
-            "unknown store URL {:?} (embedded:<dir>, postgres://.., mongodb://..)",
-            crate::config::redact_url(url)
+            "unknown store URL scheme {scheme:?} (embedded:<dir>, postgres://.., mongodb://..)"
         );
     };
     Ok(Config::from_args(["chat-service"].into_iter().chain(args))?)
