@@ -149,32 +149,28 @@ async fn copy_room(
     copy_room_record(source, target, room).await?;
     let held = target.count(room).await?;
     let tail = target.history(room, PAGE, None).await?;
-    let last = match (tail.first(), tail.last()) {
-        (Some(oldest), Some(newest)) => match source.get_message(room, &newest.message_id).await? {
-            Some(_) => {
-                // The last page an interruption may have left without its states: the source's
-                // messages from the tail's oldest on.
-                let mut theirs: Vec<Message> = source
-                    .get_message(room, &oldest.message_id)
-                    .await?
-                    .into_iter()
-                    .collect();
-                theirs.extend(scan_from(source, room, &oldest.message_id, tail.len()).await?);
+    let mut page = match tail.last() {
+        None => source.scan(room, None, PAGE).await?,
+        Some(newest) => match source.scan(room, Some(&newest.message_id), PAGE).await {
+            Ok(page) => {
+                // The last page an interruption may have left without its states: the
+                // source's page that ends with the target's newest message.
+                let before = page.first().map(|m| &m.message_id);
+                let theirs = source.history(room, PAGE, before).await?;
                 report.changes += settle(target, &theirs, &tail).await?;
                 report.skipped += held;
                 progress.advance(held.min(total));
-                Some(newest.message_id.clone())
+                page
             }
-            None => {
+            Err(StoreError::UnknownCursor) => {
                 // The target's newest message is not the source's: walk from the start.
                 walk_room(source, target, room, report, progress).await?;
                 return copy_markers(source, target, room, report).await;
             }
+            Err(e) => return Err(e),
         },
-        _ => None,
     };
     // The next page is read while this one is written.
-    let mut page = source.scan(room, last.as_ref(), PAGE).await?;
     while let Some(end) = page.last().map(|m| m.message_id.clone()) {
         let (written, next) = futures::join!(
             copy_page(target, &page, report),
@@ -185,25 +181,6 @@ async fn copy_room(
         page = next?;
     }
     copy_markers(source, target, room, report).await
-}
-
-/// At least `n` messages of the room after `after` (fewer only at its end).
-async fn scan_from(
-    store: &dyn MessageStore,
-    room: &RoomId,
-    after: &MessageId,
-    n: usize,
-) -> Result<Vec<Message>, StoreError> {
-    let mut got: Vec<Message> = Vec::new();
-    while got.len() < n {
-        let from = got.last().map_or(after, |m| &m.message_id);
-        let page = store.scan(room, Some(from), PAGE).await?;
-        if page.is_empty() {
-            break;
-        }
-        got.extend(page);
-    }
-    Ok(got)
 }
 
 /// The room's record: a private room is created with its type and participants (unless the

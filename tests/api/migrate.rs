@@ -517,3 +517,49 @@ async fn migrate_there_and_back_then_export_and_erase() {
     assert_eq!(held[0].message.as_str(), "secret 0");
     store.close().await;
 }
+
+/// A target that holds a message of its own in a copied room: the copy walks that room
+/// (every source message once, none twice, even when run again), and the count check shows
+/// the difference with exit status 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_with_messages_of_its_own_fails_the_count_check() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    seed_lifecycle(a.path()).await;
+    let target = EmbeddedStore::open(b.path()).await.unwrap();
+    let own = msg("open-room", "carol", "only in the target", now_ms());
+    target.append(own).await.unwrap();
+    target.close().await;
+    let (from, to) = (
+        format!("embedded:{}", a.path().display()),
+        format!("embedded:{}", b.path().display()),
+    );
+    for run in 0..2 {
+        let out = chat_service(&["migrate", "--from", &from, "--to", &to]);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "run {run}: {stdout}{}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().eq(["open-room", "6", "7", "MISMATCH"])),
+            "{stdout}"
+        );
+        assert!(stdout.contains("count check: 1 rooms differ"), "{stdout}");
+    }
+    let original = EmbeddedStore::open(a.path()).await.unwrap();
+    let copy = EmbeddedStore::open(b.path()).await.unwrap();
+    let room = RoomId::parse("open-room").unwrap();
+    let mut want = original.history(&room, 100, None).await.unwrap();
+    let mut got = copy.history(&room, 100, None).await.unwrap();
+    got.retain(|m| m.user_id.as_str() != "carol");
+    for m in want.iter_mut().chain(got.iter_mut()) {
+        m.rev = 0;
+    }
+    assert_eq!(got, want, "every source message once, with its state");
+    original.close().await;
+    copy.close().await;
+}
