@@ -200,7 +200,7 @@ impl Progress for Bar {
             bar.set_length(total);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:40}] {pos}/{len} messages ({per_sec}, eta {eta})",
+                    "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} messages, eta {eta}",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
@@ -231,6 +231,8 @@ impl Progress for Bar {
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish();
+            // The report starts on a line of its own.
+            eprintln!();
         }
     }
 }
