@@ -113,46 +113,7 @@ impl App {
         let outbox = cfg.rabbitmq.as_ref().map(|_| OutboxConfig {
             max_pending: cfg.outbox_max_pending,
         });
-        let store: Arc<dyn MessageStore> = match cfg.storage {
-            StorageKind::Embedded => Arc::new(
-                EmbeddedStore::open_with(&cfg.data_dir, outbox)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "DATA_DIR: cannot open the embedded store in {}",
-                            cfg.data_dir.display()
-                        )
-                    })?,
-            ),
-            StorageKind::Mongo => {
-                let uri = cfg
-                    .mongodb_uri
-                    .clone()
-                    .context("MONGODB_URI is required with STORAGE=mongodb")?;
-                Arc::new(
-                    MongoStore::open(MongoConfig {
-                        outbox,
-                        ..MongoConfig::new(uri)
-                    })
-                    .await
-                    .context("MONGODB_URI: cannot open the MongoDB store")?,
-                )
-            }
-            StorageKind::Postgres => {
-                let url = cfg
-                    .database_url
-                    .clone()
-                    .context("DATABASE_URL is required with STORAGE=postgres")?;
-                Arc::new(
-                    PostgresStore::open(PostgresConfig {
-                        outbox,
-                        ..PostgresConfig::new(url)
-                    })
-                    .await
-                    .context("DATABASE_URL: cannot open the PostgreSQL store")?,
-                )
-            }
-        };
+        let store = durable_store(&cfg, outbox).await?;
         // Counted right around the durable backend: its reads and errors (`GET /metrics`).
         let metered = MeteredStore::new(store);
         metrics.register_store(metered.stats());
@@ -486,4 +447,76 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// The durable store `cfg` names (`STORAGE`, `DATA_DIR`, `DATABASE_URL`, `MONGODB_URI`), with
+/// the outbox when `outbox` is given: the app's, and the operator's commands' by default.
+pub async fn durable_store(
+    cfg: &Config,
+    outbox: Option<OutboxConfig>,
+) -> anyhow::Result<Arc<dyn MessageStore>> {
+    let store: Arc<dyn MessageStore> = match cfg.storage {
+        StorageKind::Embedded => Arc::new(
+            EmbeddedStore::open_with(&cfg.data_dir, outbox)
+                .await
+                .with_context(|| {
+                    format!(
+                        "DATA_DIR: cannot open the embedded store in {}",
+                        cfg.data_dir.display()
+                    )
+                })?,
+        ),
+        StorageKind::Mongo => {
+            let uri = cfg
+                .mongodb_uri
+                .clone()
+                .context("MONGODB_URI is required with STORAGE=mongodb")?;
+            Arc::new(
+                MongoStore::open(MongoConfig {
+                    outbox,
+                    ..MongoConfig::new(uri)
+                })
+                .await
+                .context("MONGODB_URI: cannot open the MongoDB store")?,
+            )
+        }
+        StorageKind::Postgres => {
+            let url = cfg
+                .database_url
+                .clone()
+                .context("DATABASE_URL is required with STORAGE=postgres")?;
+            Arc::new(
+                PostgresStore::open(PostgresConfig {
+                    outbox,
+                    ..PostgresConfig::new(url)
+                })
+                .await
+                .context("DATABASE_URL: cannot open the PostgreSQL store")?,
+            )
+        }
+    };
+    Ok(store)
+}
+
+/// The store of the operator's `export` and `erase` (`crate::commands`): the durable store
+/// `cfg` names, behind the Redis history cache when `cfg` has Redis (so an erase blanks the
+/// cached items too), with the outbox when RabbitMQ is configured (an erase's
+/// `message.deleted` events wait there for a running instance's relay).
+pub async fn command_store(cfg: &Config) -> anyhow::Result<Arc<dyn MessageStore>> {
+    let outbox = cfg.rabbitmq.as_ref().map(|_| OutboxConfig {
+        max_pending: cfg.outbox_max_pending,
+    });
+    let store = durable_store(cfg, outbox).await?;
+    Ok(match &cfg.redis {
+        None => store,
+        Some(redis) => Arc::new(
+            RedisCachedStore::new(
+                store,
+                &redis.url,
+                redis.max_message_history,
+                redis.message_history_ttl,
+            )
+            .map_err(|e| anyhow::anyhow!("REDIS_URL/REDIS_HOST: {e}"))?,
+        ),
+    })
 }

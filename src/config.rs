@@ -18,7 +18,8 @@ use crate::chat::ChatConfig;
 #[command(
     name = "chat-service",
     version,
-    about = "Real-time chat server (Socket.IO, WebSocket, REST)"
+    about = "Real-time chat server (Socket.IO, WebSocket, REST)",
+    after_help = "Operator commands: chat-service migrate --help, export --help, erase --help"
 )]
 pub struct Cli {
     /// HTTP/WebSocket port (0 picks a free port)

@@ -9,6 +9,10 @@
 //!   never a concrete adapter.
 //! - `transport`: Socket.IO, REST, the client page. Uses `chat`, `domain`, the `auth` types.
 //! - `app`: the composition root, the only module that names concrete adapters.
+//! - `commands`: the binary's operator commands (`migrate`, `export`, `erase`): parses them,
+//!   opens stores through `app`, runs `migrate`.
+//! - `migrate`: the operator's data use cases (copy between stores, data-subject export and
+//!   erase). Uses `domain` and the `store` port only, like `chat`.
 //! - `config`: the typed configuration tree.
 //! - `redis_link`: the Redis connection settings the three Redis adapters share.
 //! - `metrics`: the Prometheus registry (atomics, fixed label sets). Names nothing else of the
@@ -21,11 +25,13 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod chat;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
+pub mod migrate;
 pub mod presence;
 pub mod redis_link;
 pub mod store;

@@ -1,4 +1,5 @@
-//! The `chat-service` binary: configuration, logging, then the app until SIGINT/SIGTERM.
+//! The `chat-service` binary: configuration, logging, then the app until SIGINT/SIGTERM; or
+//! one of the operator's commands (`migrate`, `export`, `erase`: `chat_service::commands`).
 
 use std::io::Write;
 
@@ -11,6 +12,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `chat-service migrate|export|erase ..`: an operator's command, not the server.
+    if let Some(first) = std::env::args().nth(1)
+        && chat_service::commands::COMMANDS.contains(&first.as_str())
+    {
+        chat_service::telemetry::init(LogFormat::Text);
+        std::process::exit(chat_service::commands::run().await);
+    }
     let cfg = match Config::load() {
         Ok(cfg) => cfg,
         Err(e) => {

@@ -123,6 +123,32 @@ impl<Op: Send + 'static> Writes<Op> {
         rx.await.map_err(|_| self.closed())?
     }
 
+    /// Queues the writes `makes` build, one after the other in this order (so the writer
+    /// applies and commits them in this order), then awaits every answer. Stops queueing at the
+    /// first write the writer no longer takes.
+    pub(crate) async fn submit_all<T, F>(
+        &self,
+        makes: impl IntoIterator<Item = F>,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        F: FnOnce(Reply<T>) -> Op,
+    {
+        let mut answers = Vec::new();
+        for make in makes {
+            let (tx, rx) = oneshot::channel();
+            self.queue
+                .send(Queued::Op(make(tx)))
+                .await
+                .map_err(|_| self.closed())?;
+            answers.push(rx);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(rx.await.map_err(|_| self.closed())??);
+        }
+        Ok(out)
+    }
+
     /// Whether the writer has stopped taking writes.
     pub(crate) fn is_closed(&self) -> bool {
         self.queue.is_closed()
@@ -146,6 +172,14 @@ impl<Op: Send + 'static> Writes<Op> {
 impl Writes<Write> {
     pub(crate) async fn append(&self, message: Message) -> Result<Appended, StoreError> {
         self.submit(|tx| Write::Append(message, tx)).await
+    }
+
+    pub(crate) async fn append_all(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.submit_all(messages.into_iter().map(|m| move |tx| Write::Append(m, tx)))
+            .await
     }
 
     pub(crate) async fn create_room(&self, room: NewRoom) -> Result<(Room, bool), StoreError> {

@@ -5,7 +5,7 @@
 //!   below.
 //! - `embedded/`, `postgres/`, `mongo/`: the backends, one folder each with the same files:
 //!   `mod.rs` (the store and its `MessageStore` impl), `schema.rs`, `writes.rs`, `reads.rs`,
-//!   `lifecycle.rs` (SPEC 10's writes), `outbox.rs` (plus `embedded/checkpoint.rs`,
+//!   `lifecycle.rs` (SPEC 10's writes), `outbox.rs`, `scan.rs` (the operator's scans) (plus `embedded/checkpoint.rs`,
 //!   `mongo/documents.rs`).
 //! - `batch.rs`: the group-commit writer all three use (queue, batch loop, close, answers
 //!   after the commit, the outbox count, appends sorted against the idempotency keys).
@@ -82,6 +82,15 @@
 //!   marker; `NotFound` when the message is not in the room.
 //! - `rooms_of` fills `unread_count`: messages of others after the caller's marker (all of
 //!   them without one), deleted ones not counted, for every room of the page in one query.
+//!
+//! # Scan contract (the operator's commands: `migrate`, `export`, `erase`)
+//! - `room_ids` pages through every room id the store knows, in byte order of the id: rooms
+//!   with a room record and rooms that only have messages (the Node service's MongoDB holds
+//!   messages of rooms it never wrote a room document for).
+//! - `scan` walks a room's messages in room order, oldest first, each in its current state
+//!   (as `history` returns them), a page at a time: the next page starts after the last
+//!   message of the previous one. A page may hold fewer than `limit` messages while more
+//!   follow; only an empty page ends the walk. `count` counts them, tombstones included.
 
 pub(crate) mod batch;
 pub mod conformance;
@@ -244,6 +253,12 @@ pub(crate) fn key_of(m: &Message) -> Option<Key> {
     })
 }
 
+/// A room id read back by a scan (`room_ids`); one the service could never have written is
+/// an error, not silently skipped (a migration would then miss its messages).
+pub(crate) fn stored_room_id(id: &str) -> Result<RoomId, StoreError> {
+    RoomId::parse(id).map_err(|_| StoreError::Internal(format!("stored room id {id:?} is invalid")))
+}
+
 /// The receivers of a message's event (SPEC 8), from the room's participants (sorted) at
 /// append time: every participant but the sender, and "the other participant of a 2-person
 /// room" (the sender and exactly one other) as the single receiver.
@@ -264,6 +279,18 @@ pub fn receivers_of<'a, S: AsRef<str>>(
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores a message durably (see the idempotency rule above).
     async fn append(&self, message: Message) -> Result<Appended, StoreError>;
+
+    /// Stores the messages as `append` does each, queued in this order, so a room's messages
+    /// keep it (a copy's order; concurrent `append`s have none). Every answer comes after its
+    /// commit; the first failure is returned (writes queued after it may have been stored).
+    /// The default appends one after the other.
+    async fn append_all(&self, messages: Vec<Message>) -> Result<Vec<Appended>, StoreError> {
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            out.push(self.append(m).await?);
+        }
+        Ok(out)
+    }
 
     /// The `limit` most recent messages of a room strictly before `before` (or the newest),
     /// oldest first. An unknown room gives an empty list; an unknown cursor `UnknownCursor`.
@@ -338,4 +365,25 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Finishes in-flight writes; later writes fail with `Unavailable`.
     async fn close(&self);
+
+    /// Up to `limit` room ids after `after` (all from the start with `None`), in id order:
+    /// every room with a room record or a message (see the scan contract).
+    async fn room_ids(
+        &self,
+        after: Option<&RoomId>,
+        limit: usize,
+    ) -> Result<Vec<RoomId>, StoreError>;
+
+    /// Up to `limit` messages of a room after `after` (from the oldest with `None`), oldest
+    /// first, in their current state (see the scan contract); `UnknownCursor` when `after`
+    /// names no message of the room.
+    async fn scan(
+        &self,
+        room: &RoomId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// How many messages a room holds, tombstones included.
+    async fn count(&self, room: &RoomId) -> Result<u64, StoreError>;
 }

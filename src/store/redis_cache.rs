@@ -457,6 +457,27 @@ impl MessageStore for RedisCachedStore {
     async fn close(&self) {
         self.inner.close().await;
     }
+
+    async fn room_ids(
+        &self,
+        after: Option<&RoomId>,
+        limit: usize,
+    ) -> Result<Vec<RoomId>, StoreError> {
+        self.inner.room_ids(after, limit).await
+    }
+
+    async fn scan(
+        &self,
+        room: &RoomId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.inner.scan(room, after, limit).await
+    }
+
+    async fn count(&self, room: &RoomId) -> Result<u64, StoreError> {
+        self.inner.count(room).await
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod migrate;
 mod mongo;
 mod multi_instance;
 mod notifications;

@@ -22,12 +22,12 @@ use crate::stores::{
 };
 use crate::support::{TcpProxy, spawn_app_with};
 
-fn base_uri() -> String {
+pub fn base_uri() -> String {
     std::env::var("MONGODB_TEST_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
 }
 
 /// `base_uri()` with its database replaced by `db` (options kept).
-fn uri_with_db(db: &str) -> String {
+pub fn uri_with_db(db: &str) -> String {
     let base = base_uri();
     let (rest, query) = match base.split_once('?') {
         Some((r, q)) => (r.to_string(), Some(q.to_string())),
@@ -45,13 +45,13 @@ fn uri_with_db(db: &str) -> String {
     uri
 }
 
-async fn client() -> mongodb::Client {
+pub async fn client() -> mongodb::Client {
     mongodb::Client::with_uri_str(base_uri())
         .await
         .expect("a MongoDB client for MONGODB_TEST_URI")
 }
 
-async fn drop_database(db: &str) {
+pub async fn drop_database(db: &str) {
     client()
         .await
         .database(db)

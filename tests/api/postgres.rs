@@ -80,7 +80,7 @@ async fn schema_contains(schema: &str, text: &str) -> bool {
     false
 }
 
-async fn drop_schema(schema: &str) {
+pub async fn drop_schema(schema: &str) {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&pg_url())
         .await

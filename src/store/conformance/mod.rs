@@ -13,7 +13,8 @@
 //! participants, the outbox (entries, claim/ack, bound, and for shared backends the claim
 //! between two instances), concurrent writers, restart persistence, the message lifecycle
 //! (edits, tombstones, replies, reactions, the change log, read markers and unread counts,
-//! the entries of edits and deletes, the deleted text gone from the raw data, racing changes).
+//! the entries of edits and deletes, the deleted text gone from the raw data, racing changes),
+//! the scans of the operator's commands.
 //! Each property panics with its name and what differed.
 //!
 //! # Map
@@ -24,12 +25,14 @@
 //! - `durability.rs`: concurrent writers, restart persistence.
 //! - `outbox.rs`: the outbox contract.
 //! - `lifecycle.rs`: the lifecycle contract (SPEC 10).
+//! - `scan.rs`: the scan contract and `append_all` (the operator's commands).
 
 mod durability;
 mod lifecycle;
 mod messages;
 mod outbox;
 mod rooms;
+mod scan;
 
 use std::sync::Arc;
 
@@ -48,6 +51,7 @@ pub use lifecycle::{
 pub use messages::{idempotency, idempotency_across_instances, ordering, paging};
 pub use outbox::outbox;
 pub use rooms::rooms_and_participants;
+pub use scan::scans;
 
 /// Opens stores of one backend for the suite.
 #[async_trait]
@@ -74,6 +78,7 @@ pub async fn run_all(backend: &dyn Backend) {
     paging(&*store, &run).await;
     idempotency(store.clone(), &run).await;
     rooms_and_participants(&*store, &run).await;
+    scans(&*store, &run).await;
     concurrent_writers(store.clone(), &run).await;
     store.close().await;
     idempotency_across_instances(backend, &run).await;

@@ -24,12 +24,14 @@
 //! - `lifecycle.rs`: the writer's side of SPEC 10: edits, deletes, reactions, the change
 //!   log, read markers.
 //! - `outbox.rs`: the entries written beside their messages, pending entries, marking sent.
+//! - `scan.rs`: the operator's scans (every room id, a room's first messages, counts).
 //! - `checkpoint.rs`: the checkpointer thread that keeps the WAL short beside the writer.
 
 mod checkpoint;
 mod lifecycle;
 mod outbox;
 mod reads;
+mod scan;
 mod schema;
 mod writes;
 
@@ -186,6 +188,10 @@ impl MessageStore for EmbeddedStore {
         self.writes.append(message).await
     }
 
+    async fn append_all(&self, messages: Vec<Message>) -> Result<Vec<Appended>, StoreError> {
+        self.writes.append_all(messages).await
+    }
+
     async fn history(
         &self,
         room: &RoomId,
@@ -279,5 +285,26 @@ impl MessageStore for EmbeddedStore {
     async fn close(&self) {
         self.writes.close().await;
         self.reads.close().await;
+    }
+
+    async fn room_ids(
+        &self,
+        after: Option<&RoomId>,
+        limit: usize,
+    ) -> Result<Vec<RoomId>, StoreError> {
+        scan::room_ids(&self.reads, after, limit).await
+    }
+
+    async fn scan(
+        &self,
+        room: &RoomId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        scan::scan(&self.reads, room, after, limit).await
+    }
+
+    async fn count(&self, room: &RoomId) -> Result<u64, StoreError> {
+        scan::count(&self.reads, room).await
     }
 }

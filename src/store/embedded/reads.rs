@@ -44,7 +44,7 @@ pub(super) async fn history(
 }
 
 /// The messages with their reactions (one query for the page).
-async fn with_reactions(
+pub(super) async fn with_reactions(
     pool: &SqlitePool,
     mut messages: Vec<Message>,
 ) -> Result<Vec<Message>, StoreError> {

@@ -84,6 +84,7 @@
 //! - `reads.rs`: history, `after` (with reactions), rooms (with unread counts), the change
 //!   log since a message, read receipts.
 //! - `lifecycle.rs`: changes (the compare-and-set and its steps), one message, read markers.
+//! - `scan.rs`: the operator's scans (every room id, a room's first messages, counts).
 //! - `outbox.rs`: the claim, marking sent, releasing claims, the count.
 //! - `documents.rs`: documents as domain values (the Node service's forms and the stand-in's).
 
@@ -91,6 +92,7 @@ mod documents;
 mod lifecycle;
 mod outbox;
 mod reads;
+mod scan;
 mod schema;
 mod writes;
 
@@ -345,6 +347,13 @@ impl MessageStore for MongoStore {
         self.writes.submit(|tx| (message, tx)).await
     }
 
+    async fn append_all(&self, messages: Vec<Message>) -> Result<Vec<Appended>, StoreError> {
+        self.check_open()?;
+        self.writes
+            .submit_all(messages.into_iter().map(|m| move |tx| (m, tx)))
+            .await
+    }
+
     async fn history(
         &self,
         room: &RoomId,
@@ -481,5 +490,26 @@ impl MessageStore for MongoStore {
         self.writes.close().await;
         // Hand this store's claims back, so a restarted instance resends them at once.
         outbox::release(&self.messages, &self.changes, &self.owner).await;
+    }
+
+    async fn room_ids(
+        &self,
+        after: Option<&RoomId>,
+        limit: usize,
+    ) -> Result<Vec<RoomId>, StoreError> {
+        scan::room_ids(self, after, limit).await
+    }
+
+    async fn scan(
+        &self,
+        room: &RoomId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        scan::scan(self, room, after, limit).await
+    }
+
+    async fn count(&self, room: &RoomId) -> Result<u64, StoreError> {
+        scan::count(self, room).await
     }
 }

@@ -64,7 +64,7 @@ pub(super) async fn after(
         .map(Some)
 }
 
-async fn find_messages(
+pub(super) async fn find_messages(
     s: &MongoStore,
     filter: Document,
     sort: Document,

@@ -51,12 +51,14 @@
 //!   log, read markers (the embedded store's tables and steps).
 //! - `reads.rs`: history, `after` (with reactions), one message, rooms (with unread counts,
 //!   in the same query), the change log since a message, read receipts.
+//! - `scan.rs`: the operator's scans (every room id, a room's first messages, counts).
 //! - `outbox.rs`: the entries written beside their messages, the claim, marking sent,
 //!   releasing claims, the count.
 
 mod lifecycle;
 mod outbox;
 mod reads;
+mod scan;
 mod schema;
 mod writes;
 
@@ -171,6 +173,10 @@ impl MessageStore for PostgresStore {
         self.writes.append(message).await
     }
 
+    async fn append_all(&self, messages: Vec<Message>) -> Result<Vec<Appended>, StoreError> {
+        self.writes.append_all(messages).await
+    }
+
     async fn history(
         &self,
         room: &RoomId,
@@ -268,5 +274,26 @@ impl MessageStore for PostgresStore {
         // Hand this store's claims back, so a restarted instance resends them at once.
         outbox::release(&self.pool, &self.owner).await;
         self.pool.close().await;
+    }
+
+    async fn room_ids(
+        &self,
+        after: Option<&RoomId>,
+        limit: usize,
+    ) -> Result<Vec<RoomId>, StoreError> {
+        scan::room_ids(&self.pool, after, limit).await
+    }
+
+    async fn scan(
+        &self,
+        room: &RoomId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        scan::scan(&self.pool, room, after, limit).await
+    }
+
+    async fn count(&self, room: &RoomId) -> Result<u64, StoreError> {
+        scan::count(&self.pool, room).await
     }
 }

@@ -60,7 +60,7 @@ pub(super) async fn history(
 }
 
 /// The messages with their reactions (one query for the page), oldest reaction first.
-async fn with_reactions(
+pub(super) async fn with_reactions(
     conn: impl sqlx::PgExecutor<'_>,
     mut messages: Vec<Message>,
 ) -> Result<Vec<Message>, StoreError> {
