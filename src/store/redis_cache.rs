@@ -25,9 +25,12 @@
 //!   the text leaves Redis too. A failed update marks the list stale, as a failed append does.
 //! - Everything else (rooms, read markers, the change log, ping, close) is the durable
 //!   store's.
+//! - Logs: Redis going away is logged once at warn, its return once at info; the failed
+//!   calls in between only at debug (an outage fails every send's cache write).
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -76,6 +79,8 @@ pub struct RedisCachedStore {
     max: usize,
     ttl: Duration,
     stale: Mutex<HashSet<RoomId>>,
+    /// Whether the last Redis call failed (its state changes are logged once each).
+    down: AtomicBool,
 }
 
 /// The key of a room's cached history (SPEC 7).
@@ -129,7 +134,25 @@ impl RedisCachedStore {
             max,
             ttl,
             stale: Mutex::new(HashSet::new()),
+            down: AtomicBool::new(false),
         })
+    }
+
+    /// A Redis call failed: the first failure after a success is logged at warn, the rest
+    /// of the outage at debug.
+    fn failed(&self, what: &str, room: Option<&RoomId>, e: &redis::RedisError) {
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(cause = %e, op = what, "history cache: Redis unavailable; reads go to the durable store, lists written meanwhile are rebuilt");
+        } else {
+            tracing::debug!(cause = %e, op = what, room = room.map(|r| r.as_str()), "history cache: Redis call failed");
+        }
+    }
+
+    /// A Redis call succeeded: logged once after an outage.
+    fn reached(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            tracing::info!("history cache: Redis reachable again");
+        }
     }
 
     /// The cache's figures, for the metrics registry.
@@ -173,9 +196,12 @@ impl RedisCachedStore {
             .query_async(&mut c)
             .await;
         match res {
-            Ok((items, len)) => Some((decode(items), len)),
+            Ok((items, len)) => {
+                self.reached();
+                Some((decode(items), len))
+            }
             Err(e) => {
-                tracing::warn!(cause = %e, "history cache unavailable, reading the durable store");
+                self.failed("read", Some(room), &e);
                 None
             }
         }
@@ -222,9 +248,12 @@ impl RedisCachedStore {
                 .await
                 .map(|_| ());
         }
-        if let Err(e) = result {
-            tracing::warn!(room = %room, cause = %e, "history cache update failed; the room's cached list will be rebuilt");
-            self.stale.lock().insert(room.clone());
+        match result {
+            Ok(()) => self.reached(),
+            Err(e) => {
+                self.failed("update", Some(room), &e);
+                self.stale.lock().insert(room.clone());
+            }
         }
     }
 }
@@ -300,9 +329,12 @@ impl MessageStore for RedisCachedStore {
                 "stale list not yet deleted",
             )))
         };
-        if let Err(e) = res {
-            tracing::warn!(room = %room, cause = %e, "history cache write failed; the room's cached list will be rebuilt");
-            self.stale.lock().insert(room);
+        match res {
+            Ok(()) => self.reached(),
+            Err(e) => {
+                self.failed("write", Some(&room), &e);
+                self.stale.lock().insert(room);
+            }
         }
         Ok(appended)
     }

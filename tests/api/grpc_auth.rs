@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-use crate::support::spawn_app_with;
+use crate::support::{capture_logs, spawn_app_with};
 
 /// An Auth Service that knows a fixed set of tokens and counts the calls it gets.
 #[derive(Clone, Default)]
@@ -53,6 +53,11 @@ fn now() -> i64 {
 }
 
 async fn start_auth_service(tokens: &[(&str, &str, &str, i64)]) -> RunningAuth {
+    start_auth_service_at("127.0.0.1:0", tokens).await
+}
+
+/// The Auth Service on `addr` (port 0: any free port; a stopped one's address: it comes back).
+async fn start_auth_service_at(addr: &str, tokens: &[(&str, &str, &str, i64)]) -> RunningAuth {
     let service = FakeAuthService {
         tokens: Arc::new(
             tokens
@@ -71,7 +76,7 @@ async fn start_auth_service(tokens: &[(&str, &str, &str, i64)]) -> RunningAuth {
         calls: Arc::default(),
     };
     let calls = service.calls.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -239,5 +244,52 @@ async fn the_cache_never_outlives_the_token() {
     let ack = d.emit_ack("authenticate", json!({"token": "short"})).await;
     assert_eq!(ack["error"]["code"], "token_expired");
     assert_eq!(auth.calls.load(Ordering::SeqCst), calls + 1);
+    auth.stop().await;
+}
+
+/// Issue 18.2: the Auth Service going away and coming back is logged once each (warn, then
+/// info), however many token checks fail or pass in between.
+#[tokio::test]
+async fn the_auth_services_outage_and_return_are_logged_once_each() {
+    let (logs, _guard) = capture_logs();
+
+    let tokens = [("tok-a", "a", "A", 0), ("tok-b", "b", "B", 0)];
+    let auth = start_auth_service(&tokens).await;
+    let addr = auth.addr.to_string();
+    let url = format!("http://{addr}");
+    let app = spawn_app_with(&["--auth-mode", "grpc", "--auth-grpc-url", &url]).await;
+    let mut c = app.client().await;
+    assert_eq!(
+        c.emit_ack("authenticate", json!({"token": "tok-a"})).await["success"],
+        true
+    );
+    auth.stop().await;
+    for _ in 0..3 {
+        let ack = app
+            .client()
+            .await
+            .emit_ack("authenticate", json!({"token": "tok-b"}))
+            .await;
+        assert_eq!(ack["error"]["code"], "unavailable", "{ack}");
+    }
+    let down = logs.lines_with("Auth Service unavailable");
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert!(down[0].contains("WARN"), "{down:?}");
+    assert!(logs.lines_with("reachable again").is_empty());
+
+    // Back on the same address: the next checks pass, and that is logged once.
+    let auth = start_auth_service_at(&addr, &tokens).await;
+    for _ in 0..3 {
+        let ack = app
+            .client()
+            .await
+            .emit_ack("authenticate", json!({"token": "tok-b"}))
+            .await;
+        assert_eq!(ack["success"], true, "{ack}");
+    }
+    let up = logs.lines_with("Auth Service reachable again");
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert!(up[0].contains("INFO"), "{up:?}");
+    assert_eq!(logs.lines_with("Auth Service unavailable").len(), 1);
     auth.stop().await;
 }

@@ -1,19 +1,21 @@
 //! SPEC 7 outage: with its Redis connection cut (a TCP proxy the test controls), an instance
 //! keeps serving its own clients, `/ready` reports Redis down, and when the connection comes
-//! back it reconnects, resubscribes and republishes its members by itself.
+//! back it reconnects, resubscribes and republishes its members by itself. Each Redis client
+//! of the instance (bus, presence, history cache) logs the outage once and the return once.
 
 use std::time::Duration;
 
 use redis::AsyncCommands;
 
 use crate::support::{
-    TcpProxy, eventually, redis, redis_addr, spawn_app_with, spawn_redis_app, unique,
+    TcpProxy, capture_logs, eventually, redis, redis_addr, spawn_app_with, spawn_redis_app, unique,
 };
 
 const RECOVERY: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
+    let (logs, _guard) = capture_logs();
     redis().await;
     let target = redis_addr();
     let proxy = TcpProxy::start(target).await;
@@ -67,6 +69,20 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
         .await;
     // B is unaffected.
     assert_eq!(app_b.get("/ready").await.0, 200);
+    // More sends and history reads through the outage: each of A's Redis clients has said
+    // once that Redis went away, whatever failed after that.
+    for i in 0..5 {
+        a1.say(&room, &format!("during {i}")).await;
+    }
+    let (status, _) = app_a.get(&format!("/api/chat/{room}/history")).await;
+    assert_eq!(status, 200);
+    for line in [
+        "history cache: Redis unavailable",
+        "redis presence unavailable",
+        "redis bus: connection lost",
+    ] {
+        assert_eq!(logs.lines_with(line).len(), 1, "{line}");
+    }
 
     proxy.restore();
     eventually("A ready again", RECOVERY, || async {
@@ -111,4 +127,26 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
     b.say(&room, "after from B").await;
     a1.event_where("new_message", |m| m["message"] == "after from B")
         .await;
+    // Redis' return is logged once by each client too: the cache's at its first call that
+    // gets through (sends until then), presence's at its next heartbeat.
+    for i in 0.. {
+        let back = ["history cache: Redis reachable again", "redis presence: back"]
+            .iter()
+            .all(|line| !logs.lines_with(line).is_empty());
+        if back {
+            break;
+        }
+        assert!(i < 100, "Redis' return not logged: {:#?}", logs.lines_with("redis"));
+        a1.say(&room, &format!("after {i}")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (line, n) in [
+        ("history cache: Redis reachable again", 1),
+        ("redis presence: back", 1),
+        ("history cache: Redis unavailable", 1),
+        ("redis presence unavailable", 1),
+        ("redis bus: connection lost", 1),
+    ] {
+        assert_eq!(logs.lines_with(line).len(), n, "{line}: {:#?}", logs.lines_with("redis"));
+    }
 }

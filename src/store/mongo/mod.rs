@@ -298,6 +298,7 @@ impl MongoStore {
             changes: changes.clone(),
             outbox: outbox.clone(),
             counted: std::time::Instant::now(),
+            failing: Default::default(),
         });
         let store = Self {
             db,

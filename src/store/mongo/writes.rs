@@ -22,7 +22,9 @@ use super::{
     is_duplicate_key, oid, outbox, reads,
 };
 use crate::domain::{Message, NewRoom, Room, RoomId, RoomType, UserId, now_ms};
-use crate::store::batch::{ApplyBatch, OutboxState, Reply, caller_error, warn_outbox_full};
+use crate::store::batch::{
+    ApplyBatch, Failing, OutboxState, Reply, caller_error, warn_outbox_full,
+};
 use crate::store::{Appended, Key, StoreError, key_of, receivers_of};
 
 /// How often the writer recounts pending events (others may have relayed some).
@@ -40,6 +42,8 @@ pub(super) struct Writer {
     pub(super) outbox: Arc<OutboxState>,
     /// When the outbox was last counted.
     pub(super) counted: Instant,
+    /// Whether the last batch failed (logged when it starts and when it clears).
+    pub(super) failing: Failing,
 }
 
 impl ApplyBatch for Writer {
@@ -61,13 +65,16 @@ impl ApplyBatch for Writer {
 
 impl Writer {
     /// Stores a batch of appends; every sender gets its own answer.
-    async fn append_batch(&self, appends: Vec<Append>) {
+    async fn append_batch(&mut self, appends: Vec<Append>) {
         let (messages, replies): (Vec<Message>, Vec<Reply<Appended>>) = appends.into_iter().unzip();
         let answers = match bounded(BATCH_TIMEOUT, "storing messages", self.store(&messages)).await
         {
-            Ok(answers) => answers,
+            Ok(answers) => {
+                self.failing.ok(Self::STORE);
+                answers
+            }
             Err(e) => {
-                tracing::error!(error = %e, "mongodb store batch failed");
+                self.failing.fail(Self::STORE, &e);
                 messages.iter().map(|_| Err(caller_error(&e))).collect()
             }
         };
