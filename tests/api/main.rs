@@ -8,6 +8,7 @@ mod bad_input;
 mod broker;
 mod burst;
 mod conformance;
+mod erase;
 mod grpc_auth;
 mod lifecycle;
 mod limits;
