@@ -11,6 +11,8 @@
 # REDIS_URL for s4, UPGRADE=1 for sessions that start on long-polling and upgrade).
 # BASE_BIN=<another chat-service binary> adds it as a third server, `base`, measured in the
 # same runs (a before/after comparison: the table gets its column and the ratio to it).
+# RUST_BIN=<a chat-service binary> measures that one as `rust` instead of this checkout's
+# release build (to compare two earlier commits with each other; chat-bench stays this one's).
 # Results: bench/results/<scenario>-<server>-<run>.json and bench/results/<scenario>.md.
 #
 # RAMP=1 (any scenario) searches the maximum sustainable rate instead: chat-bench starts at RATE
@@ -56,6 +58,9 @@ case "$SCENARIO" in
   *) echo "unknown scenario $SCENARIO (s1, s2, s3, s3big, s4, s6, custom)" >&2; exit 2 ;;
 esac
 : "${MESSAGE_SIZE:=64}" "${WORKERS:=1}" "${EXTRA_ARGS:=}" "${SERVERS:=rust node}" "${RAMP:=0}"
+if [ -n "${RUST_BIN:-}" ] && [ ! -x "$RUST_BIN" ]; then
+  echo "RUST_BIN=$RUST_BIN is not an executable" >&2; exit 2
+fi
 if [ -n "${BASE_BIN:-}" ]; then
   [ -x "$BASE_BIN" ] || { echo "BASE_BIN=$BASE_BIN is not an executable" >&2; exit 2; }
   case " $SERVERS " in *" base "*) ;; *) SERVERS="$SERVERS base" ;; esac
@@ -131,7 +136,7 @@ start_instance() {
   # not turn the single-instance scenarios into Redis ones.
   if [ "$INSTANCES" -gt 1 ]; then redis_env=(REDIS_URL="$REDIS_URL"); fi
   if [ "$kind" = rust ] || [ "$kind" = base ]; then
-    local bin=$TARGET/release/chat-service
+    local bin=${RUST_BIN:-$TARGET/release/chat-service}
     if [ "$kind" = base ]; then bin=$BASE_BIN; fi
     data=$(mktemp -d)
     DATA_DIRS+=("$data")

@@ -16,9 +16,15 @@ pub(super) async fn metrics(State(st): State<HttpState>, headers: HeaderMap) -> 
     {
         return bearer::refused("GET /metrics needs Authorization: Bearer <METRICS_TOKEN>");
     }
-    (
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        st.chat.metrics().render(),
-    )
-        .into_response()
+    // Off the async workers: the process figures read /proc, and counting the open files
+    // lists /proc/self/fd (milliseconds with 10,000 connections), which would stall every
+    // connection served by the worker that runs the scrape.
+    let metrics = st.chat.metrics().clone();
+    match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "GET /metrics: rendering failed");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
