@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step's heading shows the seconds since the start, so a slow step shows in the log.
+step() { printf '\n== [%ss] %s\n' "$SECONDS" "$*"; }
 
 step "Redis, RabbitMQ and the MongoDB stand-in (started when not running)"
 scripts/services.sh
@@ -64,4 +65,4 @@ step "python-socketio client"
 step "browser test (Debian Chromium via playwright-core)"
 (cd e2e && npm run test:browser)
 
-printf '\nall test suites passed\n'
+printf '\nall test suites passed in %s s\n' "$SECONDS"
