@@ -46,7 +46,7 @@ const CRATES: &[(&str, &[&str])] = &[
             "store/embedded/",
             "store/postgres/",
             "store/rows.rs",
-            "store/batch.rs",
+            "store/batch/",
         ],
     ),
     ("rusqlite", &["store/embedded/"]),

@@ -7,7 +7,7 @@
 //!   `mod.rs` (the store and its `MessageStore` impl), `schema.rs`, `writes.rs`, `reads.rs`,
 //!   `lifecycle.rs` (SPEC 10's writes), `outbox.rs`, `scan.rs` (the operator's scans) (plus `embedded/checkpoint.rs`,
 //!   `mongo/documents.rs`).
-//! - `batch.rs`: the group-commit writer all three use (queue, batch loop, close, answers
+//! - `batch/`: the group-commit writer all three use (queue, batch loop, close, answers
 //!   after the commit, the outbox count, appends sorted against the idempotency keys).
 //! - `rows.rs`: SQL rows as messages, rooms and outbox entries (embedded and PostgreSQL).
 //! - `redis_cache.rs`: [`redis_cache::RedisCachedStore`], the Redis history cache in front of
