@@ -130,13 +130,20 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
     // Redis' return is logged once by each client too: the cache's at its first call that
     // gets through (sends until then), presence's at its next heartbeat.
     for i in 0.. {
-        let back = ["history cache: Redis reachable again", "redis presence: back"]
-            .iter()
-            .all(|line| !logs.lines_with(line).is_empty());
+        let back = [
+            "history cache: Redis reachable again",
+            "redis presence: back",
+        ]
+        .iter()
+        .all(|line| !logs.lines_with(line).is_empty());
         if back {
             break;
         }
-        assert!(i < 100, "Redis' return not logged: {:#?}", logs.lines_with("redis"));
+        assert!(
+            i < 100,
+            "Redis' return not logged: {:#?}",
+            logs.lines_with("redis")
+        );
         a1.say(&room, &format!("after {i}")).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -147,6 +154,11 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
         ("redis presence unavailable", 1),
         ("redis bus: connection lost", 1),
     ] {
-        assert_eq!(logs.lines_with(line).len(), n, "{line}: {:#?}", logs.lines_with("redis"));
+        assert_eq!(
+            logs.lines_with(line).len(),
+            n,
+            "{line}: {:#?}",
+            logs.lines_with("redis")
+        );
     }
 }
