@@ -13,7 +13,8 @@
 # builds with 10,000 clients. SOAK_STORAGE=postgres puts both instances on one fresh database
 # of the local PostgreSQL (dropped at the end) instead of an embedded store each;
 # SOAK_ROOM_SIZE sets the room size (default 10); extra arguments go to chat-bench (e.g.
-# `--churn-room-rate 0.4`).
+# `--churn-room-rate 0.4`). SOAK_SAMPLES=<file> writes the instances' RSS, threads, open files,
+# runtime tasks and connections from their /metrics every SOAK_SAMPLE_EVERY seconds (30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,25 @@ for i in 1 2; do
 done
 
 echo "soak: ${secs}s, $clients clients, instances ${urls[*]}"
+# SOAK_SAMPLES=<file>: every SOAK_SAMPLE_EVERY seconds (30), one line per instance from its
+# /metrics: seconds, instance, RSS bytes, OS threads, open files, runtime tasks, connections.
+if [ -n "${SOAK_SAMPLES:-}" ]; then
+  printf 't\tinstance\trss_bytes\tthreads\topen_files\ttasks\tconnections\n' >"$SOAK_SAMPLES"
+  (
+    start=$SECONDS
+    while :; do
+      for i in 1 2; do
+        curl -s "${urls[$((i - 1))]}/metrics" | awk -v t=$((SECONDS - start)) -v i="$i" '
+          /^process_resident_memory_bytes[{ ]/ {rss=$NF} /^process_threads[{ ]/ {thr=$NF}
+          /^process_open_fds[{ ]/ {fds=$NF} /^chat_runtime_tasks[{ ]/ {tasks=$NF}
+          /^chat_connections_open[{ ]/ {conns+=$NF}
+          END {printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, i, rss, thr, fds, tasks, conns}'
+      done >>"$SOAK_SAMPLES"
+      sleep "${SOAK_SAMPLE_EVERY:-30}"
+    done
+  ) &
+  pids+=("$!")
+fi
 status=0
 "$bench_bin" --churn --quiet --url "${urls[0]},${urls[1]}" --connections "$clients" \
   --room-size "${SOAK_ROOM_SIZE:-10}" --duration "$secs" --churn-every 10 --churn-fraction 0.1 \

@@ -307,7 +307,16 @@ fn adapters(m: &Metrics, t: &mut Text) {
     }
 }
 
-/// The process figures of the standard client libraries, from `/proc/self` (Linux).
+/// A number of `/proc/self/status` (`VmRSS:   1234 kB` -> 1234).
+fn status_field(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The process figures of the standard client libraries, from `/proc/self` (Linux), and the
+/// async runtime's task count.
 fn process(t: &mut Text) {
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
         && let Some((_, fields)) = stat.rsplit_once(')')
@@ -325,17 +334,29 @@ fn process(t: &mut Text) {
             );
         }
     }
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
-        && let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(kb) = status_field(&status, "VmRSS:") {
         t.single(
             "process_resident_memory_bytes",
             "gauge",
             "Resident memory size in bytes.",
             kb * 1024,
+        );
+    }
+    if let Some(threads) = status_field(&status, "Threads:") {
+        t.single(
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            threads,
+        );
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        t.single(
+            "chat_runtime_tasks",
+            "gauge",
+            "Tasks alive in the async runtime (about one per connection, plus the background tasks).",
+            rt.metrics().num_alive_tasks(),
         );
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {

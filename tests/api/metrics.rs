@@ -149,6 +149,10 @@ async fn a_scripted_chat_moves_the_counters() {
     assert_eq!(v("chat_store_errors_total", &[("kind", "internal")]), 0.0);
     assert!(v("process_resident_memory_bytes", &[]) > 0.0);
     assert!(v("process_open_fds", &[]) > 0.0);
+    assert!(v("process_threads", &[]) >= 1.0);
+    // At least the connection tasks of alice and bob, and the app's own.
+    let tasks = v("chat_runtime_tasks", &[]);
+    assert!(tasks >= 2.0, "{tasks}");
 
     bob.disconnect();
     wait_for(
@@ -381,4 +385,26 @@ async fn with_redis_the_bus_and_the_history_cache_are_counted() {
     // Her join and her message, then bob's join, left for the other instances.
     wait_for(&app, "chat_bus_remote_sent_total", &[], 3.0).await;
     wait_for(&app, "chat_bus_queued", &[], 0.0).await;
+}
+
+/// `chat_runtime_tasks` follows the connections: up by one per open session, back down when
+/// they close (a task leak would keep it up: the soak in BENCHMARKS.md watches it).
+#[tokio::test]
+async fn runtime_tasks_follow_the_connections() {
+    let app = spawn_app().await;
+    let tasks = |text: &str| value(text, "chat_runtime_tasks", &[]);
+    let base = tasks(&scrape(&app).await);
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(app.user(&format!("tasks-{i}")).await);
+    }
+    let open = tasks(&scrape(&app).await);
+    assert!(open >= base + 20.0, "{base} -> {open}");
+    for c in &clients {
+        c.disconnect();
+    }
+    eventually("the sessions' tasks end", WAIT, || async {
+        tasks(&scrape(&app).await) < base + 5.0
+    })
+    .await;
 }
