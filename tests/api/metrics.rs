@@ -403,8 +403,11 @@ async fn runtime_tasks_follow_the_connections() {
     for c in &clients {
         c.disconnect();
     }
+    drop(clients);
     eventually("the sessions' tasks end", WAIT, || async {
-        tasks(&scrape(&app).await) < base + 5.0
+        let now = tasks(&scrape(&app).await);
+        eprintln!("tasks: {base} before, {open} open, {now} now");
+        now < base + 5.0
     })
     .await;
 }
