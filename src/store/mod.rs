@@ -10,6 +10,8 @@
 //! - `batch/`: the group-commit writer all three use (queue, batch loop, close, answers
 //!   after the commit, the outbox count, appends sorted against the idempotency keys).
 //! - `rows.rs`: SQL rows as messages, rooms and outbox entries (embedded and PostgreSQL).
+//! - `sql_reads.rs`: the reads those two share to the letter (history, `after`, the change
+//!   log, receipts), one query text each, written into each backend's `reads.rs`.
 //! - `redis_cache.rs`: [`redis_cache::RedisCachedStore`], the Redis history cache in front of
 //!   any store.
 //! - `metered.rs`: [`metered::MeteredStore`], the decorator of the durable store that counts
@@ -100,6 +102,7 @@ pub mod mongo;
 pub mod postgres;
 pub mod redis_cache;
 pub(crate) mod rows;
+pub(crate) mod sql_reads;
 
 use std::sync::Arc;
 

@@ -301,10 +301,10 @@ impl MessageStore for EmbeddedStore {
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        scan::scan(&self.reads, room, after, limit).await
+        reads::scan(&self.reads, room, after, limit).await
     }
 
     async fn count(&self, room: &RoomId) -> Result<u64, StoreError> {
-        scan::count(&self.reads, room).await
+        reads::count(&self.reads, room).await
     }
 }

@@ -4,44 +4,15 @@
 use sqlx::sqlite::SqlitePool;
 
 use super::internal;
-use crate::domain::{Message, MessageId, ReadMarker, Room, RoomEvent, RoomId, UserId};
+use crate::domain::{Message, MessageId, Room, RoomId, UserId};
 use crate::store::StoreError;
 use crate::store::rows::{
-    attach_reactions, change_event, message_columns, message_from_row, read_marker, room_columns,
-    room_from_row, user_ids,
+    attach_reactions, message_columns, message_from_row, room_columns, room_from_row, user_ids,
 };
 
-pub(super) async fn history(
-    pool: &SqlitePool,
-    room: &RoomId,
-    limit: usize,
-    before: Option<&MessageId>,
-) -> Result<Vec<Message>, StoreError> {
-    let before_seq = match before {
-        Some(id) => seq_of(pool, room, id)
-            .await?
-            .ok_or(StoreError::UnknownCursor)?,
-        None => i64::MAX,
-    };
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        message_columns!(""),
-        " FROM messages WHERE room_id = ? AND seq < ?
-         ORDER BY seq DESC LIMIT ?"
-    ))
-    .bind(room.as_str())
-    .bind(before_seq)
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await
-    .map_err(internal)?;
-    let mut messages = rows
-        .iter()
-        .map(message_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    messages.reverse();
-    with_reactions(pool, messages).await
-}
+// history, after, seq_of, changes_since, receipts, scan and count: the same queries as the
+// other SQL backend (store/sql_reads.rs).
+crate::store::sql_reads::shared_reads!(SqlitePool, internal);
 
 /// The messages with their reactions (one query for the page).
 pub(super) async fn with_reactions(
@@ -85,130 +56,6 @@ pub(super) async fn message(
             .pop()),
         None => Ok(None),
     }
-}
-
-/// The logged changes of the room's messages up to `since`, made at or after its time. Edits
-/// of messages deleted since are left out in the query, so they take none of the `limit`.
-pub(super) async fn changes_since(
-    pool: &SqlitePool,
-    room: &RoomId,
-    since: &MessageId,
-    limit: usize,
-) -> Result<Option<Vec<RoomEvent>>, StoreError> {
-    let Some((seq, ts)) = sqlx::query_as::<_, (i64, i64)>(
-        "SELECT seq, timestamp FROM messages WHERE message_id = ? AND room_id = ?",
-    )
-    .bind(since.as_str())
-    .bind(room.as_str())
-    .fetch_optional(pool)
-    .await
-    .map_err(internal)?
-    else {
-        return Ok(None);
-    };
-    type Row = (
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<bool>,
-        Option<i64>,
-        i64,
-        String,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT c.kind, c.message_id, c.user_id, c.emoji, c.added, c.count, c.at, m.message,
-                m.deleted_at
-         FROM message_changes c JOIN messages m ON m.message_id = c.message_id
-         WHERE c.room_id = ? AND c.at >= ? AND m.seq <= ?
-           AND NOT (c.kind = 'edited' AND m.deleted_at IS NOT NULL)
-         ORDER BY c.seq LIMIT ?",
-    )
-    .bind(room.as_str())
-    .bind(ts)
-    .bind(seq)
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await
-    .map_err(internal)?;
-    let mut events = Vec::with_capacity(rows.len());
-    for (kind, message_id, user, emoji, added, count, at, text, deleted_at) in rows {
-        if let Some(e) = change_event(
-            room,
-            &kind,
-            &message_id,
-            &user,
-            emoji,
-            added,
-            count,
-            at,
-            text,
-            deleted_at.is_some(),
-        )? {
-            events.push(e);
-        }
-    }
-    Ok(Some(events))
-}
-
-pub(super) async fn receipts(
-    pool: &SqlitePool,
-    room: &RoomId,
-) -> Result<Vec<ReadMarker>, StoreError> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT user_id, message_id, read_at FROM read_markers WHERE room_id = ?
-         ORDER BY read_at, user_id",
-    )
-    .bind(room.as_str())
-    .fetch_all(pool)
-    .await
-    .map_err(internal)?;
-    rows.iter()
-        .map(|(u, m, at)| read_marker(room, u, m, *at))
-        .collect()
-}
-
-pub(super) async fn after(
-    pool: &SqlitePool,
-    room: &RoomId,
-    after: &MessageId,
-    limit: usize,
-) -> Result<Option<Vec<Message>>, StoreError> {
-    let Some(seq) = seq_of(pool, room, after).await? else {
-        return Ok(None);
-    };
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        message_columns!(""),
-        " FROM messages WHERE room_id = ? AND seq > ?
-         ORDER BY seq ASC LIMIT ?"
-    ))
-    .bind(room.as_str())
-    .bind(seq)
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await
-    .map_err(internal)?;
-    let messages = rows
-        .iter()
-        .map(message_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    with_reactions(pool, messages).await.map(Some)
-}
-
-/// The `seq` of message `id` when it belongs to `room`.
-async fn seq_of(
-    pool: &SqlitePool,
-    room: &RoomId,
-    id: &MessageId,
-) -> Result<Option<i64>, StoreError> {
-    sqlx::query_scalar::<_, i64>("SELECT seq FROM messages WHERE message_id = ? AND room_id = ?")
-        .bind(id.as_str())
-        .bind(room.as_str())
-        .fetch_optional(pool)
-        .await
-        .map_err(internal)
 }
 
 pub(super) async fn room(pool: &SqlitePool, room_id: &str) -> Result<Option<Room>, StoreError> {

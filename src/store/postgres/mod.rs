@@ -290,10 +290,10 @@ impl MessageStore for PostgresStore {
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        scan::scan(&self.pool, room, after, limit).await
+        reads::scan(&self.pool, room, after, limit).await
     }
 
     async fn count(&self, room: &RoomId) -> Result<u64, StoreError> {
-        scan::count(&self.pool, room).await
+        reads::count(&self.pool, room).await
     }
 }
