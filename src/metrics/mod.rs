@@ -217,6 +217,8 @@ pub const STORE_ERRORS: [&str; 3] = ["unavailable", "internal", "outbox_full"];
 #[derive(Default, Debug)]
 pub struct HistoryCacheStats {
     pub hits: Counter,
+    /// Cache calls not made because Redis was failing (between the probes).
+    pub skipped: Counter,
 }
 
 /// The Redis bus (`bus/redis.rs`).

@@ -229,6 +229,14 @@ fn adapters(m: &Metrics, t: &mut Text) {
             t.sample("chat_store_errors_total", &[("kind", kind)], v);
         }
     }
+    if let Some(cache) = m.cache.get() {
+        t.single(
+            "chat_history_cache_skipped_total",
+            "counter",
+            "History cache calls not made because Redis was failing (one probe a second goes through).",
+            cache.skipped.get(),
+        );
+    }
     if let Some(bus) = m.redis_bus.get() {
         t.single(
             "chat_redis_up",

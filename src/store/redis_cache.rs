@@ -27,10 +27,14 @@
 //!   store's.
 //! - Logs: Redis going away is logged once at warn, its return once at info; the failed
 //!   calls in between only at debug (an outage fails every send's cache write).
+//! - While Redis is failing, the cache does not call it, except for one probe a second
+//!   (`PROBE_EVERY`): reads go to the durable store and written rooms' lists are marked
+//!   stale at once. A silent partition (no reset, every call runs into its 2 s timeout) then
+//!   costs one timeout a second, not up to three per send.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,8 +45,11 @@ use tokio::sync::Notify;
 use super::{Appended, Changed, MarkedRead, MessageStore, OutboxEntry, StoreError};
 use crate::domain::{
     HistoryItem, Message, MessageChange, MessageId, NewRoom, ReadMarker, Room, RoomEvent, RoomId,
-    UserId,
+    UserId, now_ms,
 };
+
+/// While Redis is failing, how often one call goes through to see whether it is back.
+const PROBE_EVERY_MS: u64 = 1000;
 
 /// Replaces the list item holding `"messageId":"<id>"` (ARGV[1]) with ARGV[2] when the item's
 /// `rev` is lower than ARGV[3]; returns 1 when the list held the message.
@@ -81,6 +88,8 @@ pub struct RedisCachedStore {
     stale: Mutex<HashSet<RoomId>>,
     /// Whether the last Redis call failed (its state changes are logged once each).
     down: AtomicBool,
+    /// While `down`: when (ms since the epoch) the next call may probe Redis.
+    probe_at: AtomicU64,
 }
 
 /// The key of a room's cached history (SPEC 7).
@@ -135,12 +144,39 @@ impl RedisCachedStore {
             ttl,
             stale: Mutex::new(HashSet::new()),
             down: AtomicBool::new(false),
+            probe_at: AtomicU64::new(0),
         })
+    }
+
+    /// Whether to call Redis now: always while it answers; while it is failing, only the one
+    /// caller that takes the probe of the current second (the others count a skip).
+    fn try_redis(&self) -> bool {
+        if !self.down.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = now_ms();
+        let at = self.probe_at.load(Ordering::Acquire);
+        let probe = now >= at
+            && self
+                .probe_at
+                .compare_exchange(
+                    at,
+                    now + PROBE_EVERY_MS,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok();
+        if !probe {
+            self.stats.skipped.inc();
+        }
+        probe
     }
 
     /// A Redis call failed: the first failure after a success is logged at warn, the rest
     /// of the outage at debug.
     fn failed(&self, what: &str, room: Option<&RoomId>, e: &redis::RedisError) {
+        self.probe_at
+            .store(now_ms() + PROBE_EVERY_MS, Ordering::Release);
         if !self.down.swap(true, Ordering::AcqRel) {
             tracing::warn!(cause = %e, op = what, "history cache: Redis unavailable; reads go to the durable store, lists written meanwhile are rebuilt");
         } else {
@@ -175,13 +211,16 @@ impl RedisCachedStore {
                 self.stale.lock().remove(room);
                 true
             }
-            Err(_) => false,
+            Err(e) => {
+                self.failed("delete a stale list", Some(room), &e);
+                false
+            }
         }
     }
 
     /// The newest `n` cached messages and the list's length.
     async fn newest(&self, room: &RoomId, n: usize) -> Option<(Vec<Message>, usize)> {
-        if !self.usable(room).await {
+        if !self.try_redis() || !self.usable(room).await {
             return None;
         }
         let mut c = self.conn.clone();
@@ -223,6 +262,10 @@ impl RedisCachedStore {
                 return;
             }
         };
+        if !self.try_redis() {
+            self.stale.lock().insert(room.clone());
+            return;
+        }
         let mut c = self.conn.clone();
         let mut result: redis::RedisResult<()> = Ok(());
         if m.deleted
@@ -271,21 +314,30 @@ impl MessageStore for RedisCachedStore {
         });
         let mut c = self.conn.clone();
         if let Some(key) = &idem
-            && let Ok(Some(json)) = redis::cmd("GET")
+            && self.try_redis()
+        {
+            match redis::cmd("GET")
                 .arg(key)
                 .query_async::<Option<String>>(&mut c)
                 .await
-            && let Some(original) = serde_json::from_str(&json)
-                .ok()
-                .and_then(|v: serde_json::Value| Message::from_json(&v).ok())
-        {
-            return Ok(Appended {
-                message: Message {
-                    client_message_id: message.client_message_id,
-                    ..original
-                },
-                duplicate: true,
-            });
+            {
+                Ok(Some(json)) => {
+                    if let Some(original) = serde_json::from_str(&json)
+                        .ok()
+                        .and_then(|v: serde_json::Value| Message::from_json(&v).ok())
+                    {
+                        return Ok(Appended {
+                            message: Message {
+                                client_message_id: message.client_message_id,
+                                ..original
+                            },
+                            duplicate: true,
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => self.failed("idempotency read", Some(&message.room_id), &e),
+            }
         }
         let appended = self.inner.append(message).await?;
         if appended.duplicate {
@@ -295,44 +347,51 @@ impl MessageStore for RedisCachedStore {
         let json = serde_json::to_string(&appended.message)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let key = history_key(&room);
-        if let Some(idem) = &idem {
-            let _ = redis::cmd("SET")
+        if let Some(idem) = &idem
+            && self.try_redis()
+            && let Err(e) = redis::cmd("SET")
                 .arg(idem)
                 .arg(&json)
                 .arg("NX")
                 .arg("EX")
                 .arg(self.ttl.as_secs().max(1))
                 .query_async::<Option<String>>(&mut c)
-                .await;
-        }
-        let res: redis::RedisResult<()> = if self.usable(&room).await {
-            redis::pipe()
-                .atomic()
-                .cmd("RPUSH")
-                .arg(&key)
-                .arg(json)
-                .ignore()
-                .cmd("LTRIM")
-                .arg(&key)
-                .arg(-(self.max as i64))
-                .arg(-1)
-                .ignore()
-                .cmd("EXPIRE")
-                .arg(&key)
-                .arg(self.ttl.as_secs())
-                .ignore()
-                .query_async(&mut c)
                 .await
+        {
+            self.failed("idempotency write", Some(&room), &e);
+        }
+        // `None`: not written (Redis skipped while failing, or the room's stale list could not
+        // be deleted): the list stays, or becomes, stale.
+        let res: Option<redis::RedisResult<()>> = if self.try_redis() && self.usable(&room).await {
+            Some(
+                redis::pipe()
+                    .atomic()
+                    .cmd("RPUSH")
+                    .arg(&key)
+                    .arg(json)
+                    .ignore()
+                    .cmd("LTRIM")
+                    .arg(&key)
+                    .arg(-(self.max as i64))
+                    .arg(-1)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(self.ttl.as_secs())
+                    .ignore()
+                    .query_async(&mut c)
+                    .await,
+            )
         } else {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "stale list not yet deleted",
-            )))
+            None
         };
         match res {
-            Ok(()) => self.reached(),
-            Err(e) => {
+            Some(Ok(())) => self.reached(),
+            Some(Err(e)) => {
                 self.failed("write", Some(&room), &e);
+                self.stale.lock().insert(room);
+            }
+            None => {
                 self.stale.lock().insert(room);
             }
         }

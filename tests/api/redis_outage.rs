@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
+use crate::metrics::{scrape, value};
 use crate::support::{
-    TcpProxy, capture_logs, eventually, redis, redis_addr, spawn_app_with, spawn_redis_app, unique,
+    HoldProxy, TcpProxy, capture_logs, eventually, redis, redis_addr, spawn_app_with,
+    spawn_redis_app, unique,
 };
 
 const RECOVERY: Duration = Duration::from_secs(20);
@@ -161,4 +163,54 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
             logs.lines_with("redis")
         );
     }
+}
+
+/// A silent partition: Redis stops answering without closing anything, so every call runs into
+/// its 2 s timeout. The history cache gives up on Redis after the first timeout and probes it
+/// once a second: the sends in between skip the cache instead of each waiting for Redis (up
+/// to three timeouts a send before), history comes from the durable store meanwhile, and once
+/// Redis answers the cache is written again.
+#[tokio::test]
+async fn a_silent_redis_partition_is_skipped_by_the_history_cache_until_a_probe_gets_through() {
+    redis().await;
+    // Every Redis command (each has a CRLF) waits in the proxy while it holds.
+    let proxy = HoldProxy::start(redis_addr(), "\r\n").await;
+    let app = spawn_app_with(&["--redis-url", &format!("redis://{}", proxy.addr)]).await;
+    let room = unique("silent");
+    let mut a = app.member(&unique("a"), &room).await;
+    let mut b = app.member(&unique("b"), &room).await;
+    a.say(&room, "before").await;
+    let skips = || async { value(&scrape(&app).await, "chat_history_cache_skipped_total", &[]) };
+    assert_eq!(skips().await, 0.0);
+
+    proxy.hold();
+    let mut sent = vec!["before".to_string()];
+    for i in 0..5 {
+        let text = format!("during {i}");
+        a.say(&room, &text).await;
+        b.event_where("new_message", |m| m["message"] == text.as_str())
+            .await;
+        sent.push(text);
+    }
+    // The first send ran into the timeout; the next ones, within its second, did not call
+    // Redis at all (each skips at least the list write).
+    let skipped = skips().await;
+    assert!(skipped >= 4.0, "{skipped} cache calls skipped");
+    assert_eq!(app.stored_texts(&room).await, sent);
+
+    proxy.release();
+    let key = format!("chat:history:{room}");
+    let mut r = redis().await;
+    for i in 0.. {
+        let text = format!("after {i}");
+        a.say(&room, &text).await;
+        sent.push(text.clone());
+        let cached: Vec<String> = r.lrange(&key, 0, -1).await.unwrap();
+        if cached.iter().any(|item| item.contains(&text)) {
+            break;
+        }
+        assert!(i < 50, "the cache never came back: {cached:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.stored_texts(&room).await, sent);
 }
