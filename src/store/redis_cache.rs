@@ -28,7 +28,7 @@
 //! - Logs: Redis going away is logged once at warn, its return once at info; the failed
 //!   calls in between only at debug (an outage fails every send's cache write).
 //! - While Redis is failing, the cache does not call it, except for one probe a second
-//!   (`PROBE_EVERY`): reads go to the durable store and written rooms' lists are marked
+//!   (`PROBE_EVERY_MS`): reads go to the durable store and written rooms' lists are marked
 //!   stale at once. A silent partition (no reset, every call runs into its 2 s timeout) then
 //!   costs one timeout a second, not up to three per send.
 
