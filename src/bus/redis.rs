@@ -79,7 +79,7 @@ pub struct RedisBus {
 impl RedisBus {
     /// `origin` identifies this instance in the envelopes (unique per process).
     pub fn new(url: &str, origin: String) -> Result<Self, BusError> {
-        let client = redis::Client::open(url).map_err(|e| BusError(e.to_string()))?;
+        let client = crate::redis_link::client(url).map_err(|e| BusError(e.to_string()))?;
         let conn =
             crate::redis_link::connection_manager(&client).map_err(|e| BusError(e.to_string()))?;
         let (queue, queue_rx) = mpsc::channel(PUBLISH_QUEUE);

@@ -39,7 +39,7 @@ pub struct RedisFleet {
 
 impl RedisFleet {
     pub fn new(url: &str) -> Result<Self, FleetError> {
-        let client = redis::Client::open(url).map_err(|e| FleetError(e.to_string()))?;
+        let client = crate::redis_link::client(url).map_err(|e| FleetError(e.to_string()))?;
         let conn = crate::redis_link::connection_manager(&client)
             .map_err(|e| FleetError(e.to_string()))?;
         Ok(Self {

@@ -219,7 +219,7 @@ pub struct RedisPresence {
 
 impl RedisPresence {
     pub fn new(url: &str, origin: String) -> Result<Self, PresenceError> {
-        let client = redis::Client::open(url).map_err(|e| PresenceError(e.to_string()))?;
+        let client = crate::redis_link::client(url).map_err(|e| PresenceError(e.to_string()))?;
         let conn = crate::redis_link::connection_manager(&client)
             .map_err(|e| PresenceError(e.to_string()))?;
         Ok(Self {

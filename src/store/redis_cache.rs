@@ -133,7 +133,8 @@ impl RedisCachedStore {
         max: usize,
         ttl: Duration,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let client =
+            crate::redis_link::client(url).map_err(|e| StoreError::Internal(e.to_string()))?;
         let conn = crate::redis_link::connection_manager(&client)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok(Self {
@@ -347,51 +348,45 @@ impl MessageStore for RedisCachedStore {
         let json = serde_json::to_string(&appended.message)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let key = history_key(&room);
-        if let Some(idem) = &idem
-            && self.try_redis()
-            && let Err(e) = redis::cmd("SET")
+        // One round trip for both writes: the idempotency record and the list (a send pays
+        // each round trip to Redis in its ack's latency).
+        if !self.try_redis() {
+            self.stale.lock().insert(room);
+            return Ok(appended);
+        }
+        // A stale list that cannot be deleted: Redis is failing (`usable` said so), nothing
+        // more is tried.
+        if !self.usable(&room).await {
+            return Ok(appended);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if let Some(idem) = &idem {
+            pipe.cmd("SET")
                 .arg(idem)
                 .arg(&json)
                 .arg("NX")
                 .arg("EX")
                 .arg(self.ttl.as_secs().max(1))
-                .query_async::<Option<String>>(&mut c)
-                .await
-        {
-            self.failed("idempotency write", Some(&room), &e);
+                .ignore();
         }
-        // `None`: not written (Redis skipped while failing, or the room's stale list could not
-        // be deleted): the list stays, or becomes, stale.
-        let res: Option<redis::RedisResult<()>> = if self.try_redis() && self.usable(&room).await {
-            Some(
-                redis::pipe()
-                    .atomic()
-                    .cmd("RPUSH")
-                    .arg(&key)
-                    .arg(json)
-                    .ignore()
-                    .cmd("LTRIM")
-                    .arg(&key)
-                    .arg(-(self.max as i64))
-                    .arg(-1)
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(self.ttl.as_secs())
-                    .ignore()
-                    .query_async(&mut c)
-                    .await,
-            )
-        } else {
-            None
-        };
-        match res {
-            Some(Ok(())) => self.reached(),
-            Some(Err(e)) => {
+        pipe.cmd("RPUSH")
+            .arg(&key)
+            .arg(json)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(-(self.max as i64))
+            .arg(-1)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.ttl.as_secs())
+            .ignore();
+        match pipe.query_async::<()>(&mut c).await {
+            Ok(()) => self.reached(),
+            Err(e) => {
                 self.failed("write", Some(&room), &e);
-                self.stale.lock().insert(room);
-            }
-            None => {
                 self.stale.lock().insert(room);
             }
         }
