@@ -354,8 +354,7 @@ impl MessageStore for RedisCachedStore {
             self.stale.lock().insert(room);
             return Ok(appended);
         }
-        // A stale list that cannot be deleted: Redis is failing (`usable` said so), nothing
-        // more is tried.
+        // A stale list that could not be deleted: Redis is failing, nothing more is tried.
         if !self.usable(&room).await {
             return Ok(appended);
         }
