@@ -46,6 +46,7 @@ const CRATES: &[(&str, &[&str])] = &[
             "store/embedded/",
             "store/postgres/",
             "store/rows.rs",
+            "store/sql_reads.rs",
             "store/batch/",
         ],
     ),
