@@ -33,10 +33,13 @@ else
   echo "SKIPPED: fault lab network and disk scenarios (needs root and ip netns)"
 fi
 cargo test --locked
-
-step "build the binary for the end-to-end suites"
-cargo build --locked
+# The end-to-end suites run the binaries `cargo test` just built for the black-box tests
+# (target/debug/chat-service and chat-bench). A separate `cargo build` would compile ~90 crates
+# again (dev-dependencies unify other features into them) for the same code: 2 minutes in CI.
 export CHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-service"
+for bin in "$CHAT_BIN" "${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-bench"; do
+  [ -x "$bin" ] || { echo "test.sh: $bin was not built by cargo test"; exit 1; }
+done
 
 step "churn soak, 3 minutes: two instances on Redis, 1000 clients in waves of disconnects resuming with since"
 scripts/soak.sh 180 1000

@@ -9,7 +9,7 @@
 //!   So instances with separate durable stores agree on everything inside the cache window,
 //!   and a shared durable store answers beyond it.
 //! - `after` (`since` resume) answers from the list when it holds the cursor (the list is a
-//!   contiguous newest suffix), else from the durable store.
+//!   contiguous newest suffix; its newest `RESUME_TAIL` are read first), else from the store.
 //! - Outage: a failed cache read falls back to the durable store; a failed cache write marks
 //!   the room's list stale (it would have a hole): this instance deletes that list before it
 //!   uses it again, and bypasses it until the delete succeeds.
@@ -50,6 +50,8 @@ use crate::domain::{
 
 /// While Redis is failing, how often one call goes through to see whether it is back.
 const PROBE_EVERY_MS: u64 = 1000;
+/// How many of a list's newest items a `since` resume reads first (`after`).
+const RESUME_TAIL: usize = 64;
 
 /// Replaces the list item holding `"messageId":"<id>"` (ARGV[1]) with ARGV[2] when the item's
 /// `rev` is lower than ARGV[3]; returns 1 when the list held the message.
@@ -106,13 +108,9 @@ fn decode(items: Vec<String>) -> Vec<Message> {
         .iter()
         .filter_map(|s| {
             let v: serde_json::Value = serde_json::from_str(s).ok()?;
-            match Message::from_json(&v) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tracing::warn!(cause = %e, "history cache: skipping a bad entry");
-                    None
-                }
-            }
+            Message::from_json(&v)
+                .map_err(|e| tracing::warn!(cause = %e, "history cache: skipping a bad entry"))
+                .ok()
         })
         .collect()
 }
@@ -451,10 +449,19 @@ impl MessageStore for RedisCachedStore {
         after: &MessageId,
         limit: usize,
     ) -> Result<Option<Vec<Message>>, StoreError> {
-        if let Some(mut all) = self.all(room).await
-            && let Some(pos) = all.iter().position(|m| &m.message_id == after)
+        // The newest items first, the whole list only for an older cursor (whole lists on
+        // every resume: the likely stall of BENCHMARKS.md's "Soak: one hour").
+        let mut cached = self.newest(room, RESUME_TAIL).await;
+        if let Some((tail, len)) = &cached
+            && *len > tail.len()
+            && !tail.iter().any(|m| &m.message_id == after)
         {
-            let mut rest = all.split_off(pos + 1);
+            cached = self.all(room).await.map(|all| (all, 0));
+        }
+        if let Some((mut tail, _)) = cached
+            && let Some(pos) = tail.iter().position(|m| &m.message_id == after)
+        {
+            let mut rest = tail.split_off(pos + 1);
             rest.truncate(limit);
             self.stats.hits.inc();
             return Ok(Some(rest));

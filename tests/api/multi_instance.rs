@@ -323,6 +323,28 @@ async fn history_is_shared_through_the_redis_cache() {
     assert_eq!(app_a.stored_texts(&room).await.len(), 8);
 }
 
+/// A `since` resume on an instance whose own store has none of the room's messages: found
+/// among the list's newest items, or (an older cursor) in the whole list, never cut short.
+#[tokio::test]
+async fn a_resume_reads_the_newest_items_first_and_the_whole_list_for_an_older_cursor() {
+    let args = ["--rate-limit-per-sec", "0"];
+    let (app_a, app_b) = (spawn_redis_app(&args).await, spawn_redis_app(&args).await);
+    let room = unique("tail");
+    let mut a = app_a.member(&unique("a"), &room).await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(a.say(&room, &format!("m{i}")).await["messageId"].clone());
+    }
+    let expected = |from: usize| (from..100).map(|i| format!("m{i}")).collect::<Vec<_>>();
+    for since in [90, 40, 10] {
+        let mut c = app_b.user(&unique("c")).await;
+        c.emit_ack("join_room", json!({"roomId": room, "since": ids[since]}))
+            .await;
+        let history = c.event("message_history").await;
+        assert_eq!(texts(&history), expected(since + 1), "since m{since}");
+    }
+}
+
 async fn authenticate(
     app: &crate::support::TestApp,
     user: &str,
