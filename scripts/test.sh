@@ -2,7 +2,8 @@
 # The whole test suite: format, lints, the Rust black-box tests (with the multi-instance ones on
 # a real Redis and the notification ones on a real RabbitMQ, started when not running), the official socket.io-client end-to-end suite
 # (polling, websocket and upgrade, wscat, two instances behind a real nginx) once against one
-# instance, once across two instances, and once each on the PostgreSQL and MongoDB stores,
+# instance, once across two instances (on a Redis Cluster), and once each on the PostgreSQL and
+# MongoDB stores, the two-instance Rust tests once more on the Redis Cluster,
 # a 3-minute churn soak (scripts/soak.sh), the checks of the deployment examples (systemd unit, Kubernetes manifests), a schema-driven
 # fuzzer (schemathesis) of the REST API against its OpenAPI document,
 # the python-socketio client test, and
@@ -41,6 +42,11 @@ for bin in "$CHAT_BIN" "${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-bench"; do
   [ -x "$bin" ] || { echo "test.sh: $bin was not built by cargo test"; exit 1; }
 done
 
+step "the two-instance Rust tests again, on the local 3-master Redis Cluster (sharded pub/sub)"
+export REDIS_CLUSTER_URL="redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+TEST_REDIS_URL="$REDIS_CLUSTER_URL" cargo test --locked --test api -- \
+  multi_instance redis_outage lifecycle::instances admin:: erase::
+
 step "churn soak, 3 minutes: two instances on Redis, 1000 clients in waves of disconnects resuming with since"
 scripts/soak.sh 180 1000
 
@@ -53,8 +59,8 @@ step "REST API against its OpenAPI document: schemathesis --checks all, AUTH_MOD
 step "socket.io-client e2e suite"
 (cd e2e && npm test)
 
-step "socket.io-client e2e suite across two instances on Redis (E2E_CLUSTER=1)"
-(cd e2e && E2E_CLUSTER=1 npm test)
+step "socket.io-client e2e suite across two instances on the Redis Cluster (E2E_CLUSTER=1)"
+(cd e2e && E2E_CLUSTER=1 TEST_REDIS_URL="$REDIS_CLUSTER_URL" npm test)
 
 step "socket.io-client e2e suite on PostgreSQL (E2E_STORAGE=postgres)"
 (cd e2e && E2E_STORAGE=postgres npm test)

@@ -1,5 +1,7 @@
 //! Logs on stderr in the `LOG_FORMAT` of the configuration, filtered by `RUST_LOG`
-//! (default `info`).
+//! (default `info,redis=off`: the Redis driver's cluster client logs every failed reconnection
+//! attempt of every node, several a second through an outage, where the adapters log the
+//! state change once themselves).
 //!
 //! - `text` (default): tracing-subscriber's human-readable lines.
 //! - `json`: one JSON object per line, the same keys on every line whoever logged it (ours or a
@@ -28,11 +30,14 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
+/// The filter without `RUST_LOG`.
+pub const DEFAULT_FILTER: &str = "info,redis=off";
+
 /// Installs the global subscriber; call once, before anything logs.
 pub fn init(format: LogFormat) {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false);

@@ -712,27 +712,41 @@ export function rawWs(server, wsPath = '/') {
 
 export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
+/**
+ * The first address of the test Redis: its host and port, or with a Redis Cluster URL
+ * (`redis+cluster://host:port,host:port,...`, see scripts/services.sh) its first seed node.
+ */
+function redisAddress() {
+  const cluster = REDIS_URL.match(/^redis\+cluster:\/\/(?:[^@]*@)?([^,/]+)/);
+  const u = new URL(cluster ? `redis://${cluster[1]}` : REDIS_URL);
+  return { host: u.hostname, port: Number(u.port || 6379) };
+}
+
 /** Fails loudly unless the test Redis answers PING (scripts/test.sh starts one). */
 export async function assertRedisUp() {
-  const u = new URL(REDIS_URL);
   const net = await import('node:net');
   await withTimeout(new Promise((resolve, reject) => {
-    const s = net.createConnection({ host: u.hostname, port: Number(u.port || 6379) }, () => s.write('PING\r\n'));
+    const s = net.createConnection(redisAddress(), () => s.write('PING\r\n'));
     s.on('data', (d) => { s.destroy(); if (String(d).startsWith('+PONG')) resolve(); else reject(new Error(`Redis answered ${d}`)); });
     s.on('error', (e) => reject(new Error(`Redis is not reachable at ${REDIS_URL} (start it: scripts/test.sh does): ${e.message}`)));
   }), DEFAULT_TIMEOUT, `Redis at ${REDIS_URL}`);
 }
 
-/** One command to the test Redis (RESP); resolves with the raw reply text. */
+/**
+ * One command to the test Redis (RESP); resolves with the raw reply text. On a Redis Cluster a
+ * `-MOVED <slot> <host:port>` reply sends it once more, to the node that owns the key.
+ */
 export async function redisCommand(...args) {
-  const u = new URL(REDIS_URL);
   const net = await import('node:net');
   const req = `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`;
-  return withTimeout(new Promise((resolve, reject) => {
-    const s = net.createConnection({ host: u.hostname, port: Number(u.port || 6379) }, () => s.write(req));
+  const send = (address) => withTimeout(new Promise((resolve, reject) => {
+    const s = net.createConnection(address, () => s.write(req));
     s.once('data', (d) => { s.destroy(); resolve(String(d)); });
     s.on('error', reject);
   }), DEFAULT_TIMEOUT, `Redis ${args[0]}`);
+  const reply = await send(redisAddress());
+  const moved = reply.match(/^-MOVED \d+ ([^:\s]+):(\d+)/);
+  return moved ? send({ host: moved[1], port: Number(moved[2]) }) : reply;
 }
 
 /** Two instances on the test Redis; each with its own DATA_DIR. */

@@ -22,6 +22,12 @@
 //!   point where the instance counts as "up" again, are explicit and testable.
 //! - `PUBLISH` goes through a `ConnectionManager` (reconnects by itself), with short
 //!   connection and response timeouts so an outage is noticed in about a second.
+//! - On a Redis Cluster (`redis+cluster://`) the channels are sharded (Redis 7): `SPUBLISH`,
+//!   one pipeline per slot of a batch (a room's events stay in order), and `SSUBSCRIBE` on a
+//!   RESP3 cluster connection whose pushes come through a channel. That connection reaches
+//!   every shard that owns a subscribed room; when any of its node connections drops (a
+//!   `Disconnection` push) or a ping fails, the subscriber drops it and connects and
+//!   subscribes again, as on one Redis, so "up" means the same on both.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,13 +37,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, PubSubSink};
+use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 
 use super::{Bus, BusError, BusHandler};
 use crate::domain::{RoomEvent, RoomId};
 use crate::metrics::RedisBusStats;
-use crate::redis_link::{MAX_BACKOFF, TIMEOUT};
+use crate::redis_link::{Conn, MAX_BACKOFF, TIMEOUT, Target};
 
 const PUBLISH_QUEUE: usize = 16 * 1024;
 const PUBLISH_BATCH: usize = 512;
@@ -50,17 +58,91 @@ pub fn channel(room: &RoomId) -> String {
 
 type Queued = (String, String, Instant);
 
+/// The subscribing side of the connection: plain pub/sub on one Redis, sharded on a cluster.
+#[derive(Clone)]
+enum Sink {
+    Plain(PubSubSink),
+    Sharded(ClusterConnection),
+}
+
+impl Sink {
+    async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Self::Plain(s) => s.subscribe(channels).await,
+            // One command per channel: a command may not span slots.
+            Self::Sharded(c) => {
+                let calls = channels.iter().map(|ch| {
+                    let mut c = c.clone();
+                    async move { c.ssubscribe(ch).await }
+                });
+                futures::future::try_join_all(calls).await.map(|_| ())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Plain(s) => s.unsubscribe(channel).await,
+            Self::Sharded(c) => c.sunsubscribe(channel).await,
+        }
+    }
+
+    async fn ping(&mut self) -> redis::RedisResult<()> {
+        match self {
+            Self::Plain(s) => s.ping::<redis::Value>().await.map(|_| ()),
+            Self::Sharded(c) => redis::cmd("PING").query_async(c).await,
+        }
+    }
+}
+
+/// The messages arriving on that connection.
+enum Incoming {
+    Plain(redis::aio::PubSubStream),
+    Sharded(mpsc::UnboundedReceiver<PushInfo>),
+}
+
+impl Incoming {
+    /// The next message as (channel, payload); `None` when the connection is gone.
+    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        match self {
+            Self::Plain(s) => {
+                let msg = s.next().await?;
+                Some((
+                    msg.get_channel_name().to_string(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+            Self::Sharded(rx) => loop {
+                let push = rx.recv().await?;
+                match push.kind {
+                    PushKind::SMessage | PushKind::Message => {
+                        let mut data = push.data.into_iter();
+                        let (Some(ch), Some(payload)) = (data.next(), data.next()) else {
+                            continue;
+                        };
+                        let ch: String = redis::from_redis_value(ch).unwrap_or_default();
+                        let payload: Vec<u8> = redis::from_redis_value(payload).unwrap_or_default();
+                        return Some((ch, payload));
+                    }
+                    PushKind::Disconnection => return None,
+                    _ => continue,
+                }
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 struct Subscriptions {
-    sink: Option<PubSubSink>,
+    sink: Option<Sink>,
     /// Rooms subscribed on the current connection.
     active: std::collections::HashSet<RoomId>,
 }
 
 pub struct RedisBus {
     origin: String,
-    client: redis::Client,
-    conn: ConnectionManager,
+    target: Target,
+    conn: Conn,
     handler: OnceLock<Arc<dyn BusHandler>>,
     /// (channel, envelope, when it was queued).
     queue: mpsc::Sender<Queued>,
@@ -79,13 +161,12 @@ pub struct RedisBus {
 impl RedisBus {
     /// `origin` identifies this instance in the envelopes (unique per process).
     pub fn new(url: &str, origin: String) -> Result<Self, BusError> {
-        let client = crate::redis_link::client(url).map_err(|e| BusError(e.to_string()))?;
-        let conn =
-            crate::redis_link::connection_manager(&client).map_err(|e| BusError(e.to_string()))?;
+        let target = Target::parse(url).map_err(|e| BusError(e.to_string()))?;
+        let conn = target.connection().map_err(|e| BusError(e.to_string()))?;
         let (queue, queue_rx) = mpsc::channel(PUBLISH_QUEUE);
         Ok(Self {
             origin,
-            client,
+            target,
             conn,
             handler: OnceLock::new(),
             queue,
@@ -142,12 +223,16 @@ impl RedisBus {
         let mut failing = false;
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-            let mut pipe = redis::pipe();
-            for (channel, payload, _) in &batch {
-                pipe.publish(channel, payload).ignore();
-            }
             let n = batch.len() as u64;
-            let result = pipe.query_async::<()>(&mut conn).await;
+            let result = if self.target.is_cluster() {
+                publish_sharded(&conn, &batch).await
+            } else {
+                let mut pipe = redis::pipe();
+                for (channel, payload, _) in &batch {
+                    pipe.publish(channel, payload).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
+            };
             self.stats.queued.add(-(n as i64));
             match result {
                 Ok(()) => {
@@ -177,7 +262,7 @@ impl RedisBus {
     async fn subscriber(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let (sink, mut stream) = match self.connect().await {
+            let (sink, mut incoming) = match self.connect().await {
                 Ok(pair) => pair,
                 Err(e) => {
                     if self.set_up(false) {
@@ -197,13 +282,13 @@ impl RedisBus {
             ping.tick().await;
             loop {
                 tokio::select! {
-                    msg = stream.next() => match msg {
-                        Some(msg) => self.on_message(&msg),
+                    msg = incoming.next() => match msg {
+                        Some((channel, payload)) => self.on_message(&channel, &payload),
                         None => break,
                     },
                     _ = ping.tick() => {
                         let mut s = sink.clone();
-                        match tokio::time::timeout(TIMEOUT, s.ping::<redis::Value>()).await {
+                        match tokio::time::timeout(TIMEOUT, s.ping()).await {
                             Ok(Ok(_)) => {}
                             _ => break,
                         }
@@ -217,12 +302,30 @@ impl RedisBus {
     }
 
     /// Opens the pub/sub connection and subscribes to every room with local members.
-    async fn connect(&self) -> Result<(PubSubSink, redis::aio::PubSubStream), String> {
-        let pubsub = tokio::time::timeout(TIMEOUT, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let (mut sink, stream) = pubsub.split();
+    async fn connect(&self) -> Result<(Sink, Incoming), String> {
+        let (mut sink, incoming) = match &self.target {
+            Target::Single(client) => {
+                let pubsub = tokio::time::timeout(TIMEOUT, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let (sink, stream) = pubsub.split();
+                (Sink::Plain(sink), Incoming::Plain(stream))
+            }
+            Target::Cluster(nodes) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let client = crate::redis_link::cluster_builder(nodes)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(tx)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let conn = tokio::time::timeout(TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                (Sink::Sharded(conn), Incoming::Sharded(rx))
+            }
+        };
         let mut subs = self.subs.lock().await;
         let rooms: Vec<RoomId> = self
             .wanted
@@ -240,14 +343,14 @@ impl RedisBus {
         }
         subs.active = rooms.into_iter().collect();
         subs.sink = Some(sink.clone());
-        Ok((sink, stream))
+        Ok((sink, incoming))
     }
 
-    fn on_message(&self, msg: &redis::Msg) {
-        let envelope: serde_json::Value = match serde_json::from_slice(msg.get_payload_bytes()) {
+    fn on_message(&self, channel: &str, payload: &[u8]) {
+        let envelope: serde_json::Value = match serde_json::from_slice(payload) {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(channel = msg.get_channel_name(), cause = %e, "redis bus: bad envelope");
+                tracing::warn!(channel, cause = %e, "redis bus: bad envelope");
                 return;
             }
         };
@@ -257,7 +360,7 @@ impl RedisBus {
         let event = match RoomEvent::from_json(&envelope["event"]) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(channel = msg.get_channel_name(), cause = %e, "redis bus: bad event");
+                tracing::warn!(channel, cause = %e, "redis bus: bad event");
                 return;
             }
         };
@@ -284,7 +387,7 @@ impl RedisBus {
         };
         let ch = channel(room);
         let res = if want {
-            tokio::time::timeout(TIMEOUT, sink.subscribe(&ch)).await
+            tokio::time::timeout(TIMEOUT, sink.subscribe(std::slice::from_ref(&ch))).await
         } else {
             tokio::time::timeout(TIMEOUT, sink.unsubscribe(&ch)).await
         };
@@ -301,6 +404,22 @@ impl RedisBus {
             Err(_) => Err(BusError("redis (un)subscribe timed out".into())),
         }
     }
+}
+
+/// A batch's `SPUBLISH`es on a cluster: one pipeline per slot (a pipeline may not span slots),
+/// each in the batch's order, all concurrent on the connection.
+async fn publish_sharded(conn: &Conn, batch: &[Queued]) -> redis::RedisResult<()> {
+    let mut by_slot: HashMap<redis::cluster_routing::Slot, redis::Pipeline> = HashMap::new();
+    for (channel, payload, _) in batch {
+        let slot = redis::cluster_routing::Slot::for_key(channel.as_bytes());
+        let pipe = by_slot.entry(slot).or_insert_with(redis::pipe);
+        pipe.cmd("SPUBLISH").arg(channel).arg(payload).ignore();
+    }
+    let calls = by_slot.into_values().map(|pipe| {
+        let mut c = conn.clone();
+        async move { pipe.query_async::<()>(&mut c).await }
+    });
+    futures::future::try_join_all(calls).await.map(|_| ())
 }
 
 #[async_trait]

@@ -66,6 +66,10 @@ pub struct Cli {
     /// Redis URL (instead of REDIS_HOST/PORT/PASSWORD)
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, `host:port,host:port,...` (with REDIS_PASSWORD; instead of
+    /// REDIS_URL, which may also be `redis+cluster://[:password@]host:port,...`)
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
     /// Messages kept per room in the Redis history cache
     #[arg(long, env = "MAX_MESSAGE_HISTORY", default_value_t = 1000)]
     pub max_message_history: u32,
@@ -208,7 +212,9 @@ pub enum CorsConfig {
 /// the password in the URL.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]`, from `REDIS_URL` or `REDIS_HOST/PORT/PASSWORD`.
+    /// `redis://[:password@]host:port[/db]`, from `REDIS_URL` or `REDIS_HOST/PORT/PASSWORD`;
+    /// or a Redis Cluster's `redis+cluster://[:password@]host:port,...`, from
+    /// `REDIS_CLUSTER_NODES` (with `REDIS_PASSWORD`) or `REDIS_URL`.
     pub url: String,
     /// Messages kept per room in `chat:history:{roomId}` (`MAX_MESSAGE_HISTORY`).
     pub max_message_history: usize,
@@ -312,7 +318,15 @@ impl Config {
         if storage == StorageKind::Postgres && cli.database_url.is_none() {
             return Err(bad("DATABASE_URL", "required with STORAGE=postgres"));
         }
+        let cluster_nodes = cli.redis_cluster_nodes.as_deref().map(str::trim);
         let redis = match (&cli.redis_url, &cli.redis_host) {
+            _ if cluster_nodes.is_some_and(|n| !n.is_empty()) => {
+                let nodes = cluster_nodes.unwrap_or_default();
+                Some(match &cli.redis_password {
+                    Some(pw) if !pw.is_empty() => format!("redis+cluster://:{pw}@{nodes}"),
+                    _ => format!("redis+cluster://{nodes}"),
+                })
+            }
             (Some(url), _) => Some(url.clone()),
             (None, Some(host)) if !host.is_empty() => Some(match &cli.redis_password {
                 Some(pw) if !pw.is_empty() => format!("redis://:{pw}@{host}:{}", cli.redis_port),
@@ -320,17 +334,21 @@ impl Config {
             }),
             _ => None,
         };
-        if let Some(url) = &redis
-            && !url.starts_with("redis://")
-        {
-            return Err(bad(
-                if cli.redis_url.is_some() {
-                    "REDIS_URL"
-                } else {
-                    "REDIS_HOST"
-                },
-                "must be a redis:// URL (or a host name)",
-            ));
+        if let Some(url) = &redis {
+            let var = match (&cli.redis_cluster_nodes, &cli.redis_url) {
+                (Some(n), _) if !n.trim().is_empty() => "REDIS_CLUSTER_NODES",
+                (_, Some(_)) => "REDIS_URL",
+                _ => "REDIS_HOST",
+            };
+            if !url.starts_with("redis://") && !url.starts_with(crate::redis_link::CLUSTER_SCHEME) {
+                return Err(bad(
+                    var,
+                    "must be a redis:// or redis+cluster:// URL (or a host name)",
+                ));
+            }
+            if let Err(e) = crate::redis_link::Target::parse(url) {
+                return Err(bad(var, &format!("is not a valid Redis address: {e}")));
+            }
         }
         let auth = match cli.auth_mode.as_deref().map(str::trim) {
             None | Some("") | Some("none") => AuthConfig::None,
@@ -479,6 +497,33 @@ mod tests {
         assert!(e.contains("CORS_ORIGIN"), "{e}");
         let e = parse(&["--log-format", "xml"]).unwrap_err().to_string();
         assert!(e.contains("LOG_FORMAT"), "{e}");
+    }
+
+    #[test]
+    fn redis_cluster_nodes_select_a_cluster_and_bad_ones_are_named() {
+        let c = parse(&[
+            "--redis-cluster-nodes",
+            "10.0.0.1:7001,10.0.0.2:7002",
+            "--redis-password",
+            "pw",
+        ])
+        .unwrap();
+        let url = c.redis.unwrap().url;
+        assert_eq!(url, "redis+cluster://:pw@10.0.0.1:7001,10.0.0.2:7002");
+        assert!(crate::redis_link::Target::parse(&url).unwrap().is_cluster());
+        let e = parse(&["--redis-cluster-nodes", "10.0.0.1:notaport"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REDIS_CLUSTER_NODES"), "{e}");
+        let e = parse(&["--redis-url", "redis+cluster:///"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("REDIS_URL") && e.contains("names no node"),
+            "{e}"
+        );
+        let e = parse(&["--redis-url", "http://x"]).unwrap_err().to_string();
+        assert!(e.contains("REDIS_URL"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ impl fmt::Debug for Cli {
             .field("redis_port", &self.redis_port)
             .field("redis_password", &redacted(&self.redis_password))
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_cluster_nodes", &self.redis_cluster_nodes)
             .field(
                 "rabbitmq_url",
                 &self.rabbitmq_url.as_deref().map(redact_url),

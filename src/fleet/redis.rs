@@ -1,7 +1,8 @@
 //! The fleet on Redis. Two keys of its own, beside the SPEC 7 keys (which it never touches):
 //!
 //! - `chat:admin:instance:{instanceId}`: string, the instance's report as JSON, with a TTL
-//!   (`PX`) of a few report intervals, rewritten at every report;
+//!   (`PX`) of a few report intervals, rewritten at every report (on a Redis Cluster
+//!   `{chat:admin:instances}:instance:{instanceId}`, in the set's slot, for the read script);
 //! - `chat:admin:instances`: set of the instance ids that published, so readers need no
 //!   `KEYS`/`SCAN`. Its TTL is refreshed with every report, so it goes when every instance has.
 //!
@@ -13,7 +14,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::{Fleet, FleetError, InstanceReport};
 
@@ -33,17 +33,25 @@ return out
 "#;
 
 pub struct RedisFleet {
-    conn: ConnectionManager,
+    conn: crate::redis_link::Conn,
     read: Script,
+    /// `REPORT_PREFIX`, or on a Redis Cluster `{chat:admin:instances}:instance:` (in the set's
+    /// slot: the read script takes the reports).
+    prefix: String,
 }
 
 impl RedisFleet {
     pub fn new(url: &str) -> Result<Self, FleetError> {
-        let client = crate::redis_link::client(url).map_err(|e| FleetError(e.to_string()))?;
-        let conn = crate::redis_link::connection_manager(&client)
-            .map_err(|e| FleetError(e.to_string()))?;
+        let target = crate::redis_link::Target::parse(url).map_err(failed)?;
+        let prefix = crate::redis_link::colocated(
+            target.is_cluster(),
+            INSTANCES_KEY,
+            ":instance:",
+            REPORT_PREFIX.into(),
+        );
         Ok(Self {
-            conn,
+            conn: target.connection().map_err(failed)?,
+            prefix,
             read: Script::new(READ),
         })
     }
@@ -62,7 +70,7 @@ impl Fleet for RedisFleet {
         redis::pipe()
             .atomic()
             .cmd("SET")
-            .arg(format!("{REPORT_PREFIX}{}", report.instance_id))
+            .arg(format!("{}{}", self.prefix, report.instance_id))
             .arg(json)
             .arg("PX")
             .arg(ttl_ms)
@@ -85,7 +93,7 @@ impl Fleet for RedisFleet {
         let raw: Vec<String> = self
             .read
             .key(INSTANCES_KEY)
-            .arg(REPORT_PREFIX)
+            .arg(&self.prefix)
             .invoke_async(&mut conn)
             .await
             .map_err(failed)?;
@@ -100,7 +108,7 @@ impl Fleet for RedisFleet {
         redis::pipe()
             .atomic()
             .cmd("DEL")
-            .arg(format!("{REPORT_PREFIX}{instance_id}"))
+            .arg(format!("{}{instance_id}", self.prefix))
             .ignore()
             .cmd("SREM")
             .arg(INSTANCES_KEY)

@@ -10,6 +10,7 @@
 
 pub mod memory;
 pub mod redis;
+mod redis_scripts;
 
 use async_trait::async_trait;
 

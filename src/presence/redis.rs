@@ -6,13 +6,14 @@
 //! # Counting that heals
 //! A counter per user or room would leak forever when an instance dies with connections
 //! open. Instead every live connection has an entry that expires unless refreshed:
-//! - `chat:user:{userId}:conns`: sorted set, member `<instance>:<conn>`, score = expiry (epoch
+//! - `chat:user:{userId}:conns` (`{user:presence:{userId}}:conns` on a Redis Cluster, in the
+//!   slot of the presence hash): sorted set, member `<instance>:<conn>`, score = expiry (epoch
 //!   ms); its size is the user's connection count across instances (`MAX_CONNECTIONS_PER_USER`).
-//! - `chat:room:{roomId}:conns`: sorted set, member `<instance>:<conn>:<userId>`; a user is a
+//! - `chat:room:{roomId}:conns` (`{chat:room:{roomId}:users}:conns` on a cluster): sorted set, member `<instance>:<conn>:<userId>`; a user is a
 //!   member of the room while one of its entries lives. `chat:room:{roomId}:users` is kept in
 //!   step with it (`SADD` on a user's first entry, `SREM` when its last entry goes or expires).
 //!
-//! Every check-and-set is one Lua script (atomic), which first drops expired entries. A
+//! Every check-and-set is one Lua script (atomic, `redis_scripts.rs`), which first drops expired entries. A
 //! heartbeat (`run_heartbeat`, every `ENTRY_TTL / 3`) re-adds this instance's live entries
 //! with a fresh expiry and removes its entries that are no longer live, so a dead instance's
 //! connections disappear within `ENTRY_TTL`, and after an outage the instance republishes its
@@ -34,9 +35,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::memory::MemoryPresence;
+use super::redis_scripts::{
+    CONNECT, DISCONNECT, JOIN, LEAVE, LUA_HELPERS, MEMBER_IDS, MEMBERS, REFRESH,
+};
 use super::{Presence, PresenceError};
 use crate::domain::{ConnId, Member, RoomId, UserId, Username, now_ms};
 
@@ -45,137 +48,17 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(3600);
 /// Lifetime of a connection entry without a heartbeat.
 pub const ENTRY_TTL: Duration = Duration::from_secs(30);
 
-const LUA_HELPERS: &str = r#"
-local function uid_of(m) return string.match(m, '^[^:]*:[^:]*:(.*)$') end
-local function has_user(key, uid)
-  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-    if uid_of(m) == uid then return true end
-  end
-  return false
-end
-local function prune(key, users, now)
-  local dead = redis.call('ZRANGEBYSCORE', key, '-inf', now)
-  if #dead == 0 then return end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if users then
-    for _, m in ipairs(dead) do
-      local uid = uid_of(m)
-      if uid and not has_user(key, uid) then redis.call('SREM', users, uid) end
-    end
-  end
-end
-local function expire_with(key, other)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  if #last == 2 then
-    redis.call('PEXPIREAT', key, last[2])
-    if other then redis.call('PEXPIREAT', other, last[2]) end
-  elseif other then
-    redis.call('DEL', other)
-  end
-end
-"#;
-
-/// KEYS: user conns, presence hash. ARGV: member, now, expiry, limit, socketId, presence ttl.
-/// Returns 1 when admitted.
-const CONNECT: &str = r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  local limit = tonumber(ARGV[4])
-  if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
-end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-expire_with(KEYS[1], nil)
-redis.call('HSET', KEYS[2], 'status', 'online', 'lastSeen', ARGV[2], 'socketId', ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return 1
-"#;
-
-/// KEYS: user conns, presence hash. ARGV: member, now, presence ttl. Returns the connections
-/// left.
-const DISCONNECT: &str = r#"
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-local n = redis.call('ZCARD', KEYS[1])
-if n == 0 then
-  redis.call('HSET', KEYS[2], 'status', 'offline', 'lastSeen', ARGV[2])
-end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return n
-"#;
-
-/// KEYS: room conns, room users, presence hash. ARGV: member, userId, now, expiry, username,
-/// presence ttl. Returns 1 when this is the user's first entry in the room.
-const JOIN: &str = r#"
-prune(KEYS[1], KEYS[2], ARGV[3])
-local first = not has_user(KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-expire_with(KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[3], 'username', ARGV[5])
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-if first then return 1 else return 0 end
-"#;
-
-/// KEYS: room conns, room users. ARGV: member, userId, now. Returns 1 when the user's last
-/// entry in the room went.
-const LEAVE: &str = r#"
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-prune(KEYS[1], KEYS[2], ARGV[3])
-local last = 0
-if removed == 1 and not has_user(KEYS[1], ARGV[2]) then
-  redis.call('SREM', KEYS[2], ARGV[2])
-  last = 1
-end
-expire_with(KEYS[1], KEYS[2])
-return last
-"#;
-
-/// KEYS: room conns, room users. ARGV: now. Returns [userId, username, ...].
-const MEMBERS: &str = r#"
-prune(KEYS[1], KEYS[2], ARGV[1])
-local out = {}
-for _, uid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local name = redis.call('HGET', 'user:presence:' .. uid, 'username')
-  table.insert(out, uid)
-  table.insert(out, name or uid)
-end
-return out
-"#;
-
-/// KEYS: a conns set, its users set or "" (user conns). ARGV: now, expiry, this instance's
-/// prefix, then the instance's live members of the key. Replaces this instance's entries.
-const REFRESH: &str = r#"
-local users = KEYS[2] ~= '' and KEYS[2] or nil
-local live = {}
-for i = 4, #ARGV do live[ARGV[i]] = true end
-local prefix = ARGV[3]
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if string.sub(m, 1, #prefix) == prefix and not live[m] then
-    redis.call('ZREM', KEYS[1], m)
-    if users then
-      local uid = uid_of(m)
-      if uid and not has_user(KEYS[1], uid) then redis.call('SREM', users, uid) end
-    end
-  end
-end
-for i = 4, #ARGV do
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
-  if users then redis.call('SADD', users, uid_of(ARGV[i])) end
-end
-prune(KEYS[1], users, ARGV[1])
-expire_with(KEYS[1], users)
-return 1
-"#;
-
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_HELPERS}\n{body}"))
 }
 
-fn user_conns(user: &UserId) -> String {
-    format!("chat:user:{user}:conns")
+fn user_conns(cluster: bool, user: &UserId) -> String {
+    let plain = format!("chat:user:{user}:conns");
+    crate::redis_link::colocated(cluster, &user_presence(user), ":conns", plain)
 }
-fn room_conns(room: &RoomId) -> String {
-    format!("chat:room:{room}:conns")
+fn room_conns(cluster: bool, room: &RoomId) -> String {
+    let plain = format!("chat:room:{room}:conns");
+    crate::redis_link::colocated(cluster, &room_users(room), ":conns", plain)
 }
 /// The seed key of SPEC 7.
 pub fn room_users(room: &RoomId) -> String {
@@ -192,6 +75,7 @@ struct Scripts {
     join: Script,
     leave: Script,
     members: Script,
+    member_ids: Script,
     refresh: Script,
 }
 
@@ -209,7 +93,9 @@ struct Local {
 
 pub struct RedisPresence {
     origin: String,
-    conn: ConnectionManager,
+    conn: crate::redis_link::Conn,
+    /// On a Redis Cluster (keys named for it, no script across slots).
+    cluster: bool,
     scripts: Scripts,
     memory: MemoryPresence,
     local: Mutex<Local>,
@@ -219,18 +105,22 @@ pub struct RedisPresence {
 
 impl RedisPresence {
     pub fn new(url: &str, origin: String) -> Result<Self, PresenceError> {
-        let client = crate::redis_link::client(url).map_err(|e| PresenceError(e.to_string()))?;
-        let conn = crate::redis_link::connection_manager(&client)
+        let target =
+            crate::redis_link::Target::parse(url).map_err(|e| PresenceError(e.to_string()))?;
+        let conn = target
+            .connection()
             .map_err(|e| PresenceError(e.to_string()))?;
         Ok(Self {
             origin,
             conn,
+            cluster: target.is_cluster(),
             scripts: Scripts {
                 connect: script(CONNECT),
                 disconnect: script(DISCONNECT),
                 join: script(JOIN),
                 leave: script(LEAVE),
                 members: script(MEMBERS),
+                member_ids: script(MEMBER_IDS),
                 refresh: script(REFRESH),
             },
             memory: MemoryPresence::new(),
@@ -296,8 +186,8 @@ impl RedisPresence {
         let empty: Vec<String> = Vec::new();
         let live_users: HashSet<&UserId> = users.iter().map(|(u, _, _)| u).collect();
         for (user, members, name) in &users {
-            let mut inv = self.scripts.refresh.key(user_conns(user));
-            inv.key("").arg(now).arg(expiry).arg(&prefix).arg(members);
+            let mut inv = self.scripts.refresh.key(user_conns(self.cluster, user));
+            inv.arg(now).arg(expiry).arg(&prefix).arg(members);
             let mut c = conn.clone();
             let key = user_presence(user);
             let name = name.clone();
@@ -321,10 +211,10 @@ impl RedisPresence {
             }) as Call<'_>);
         }
         for user in touched_users.iter().filter(|u| !live_users.contains(u)) {
-            let mut inv = self.scripts.refresh.key(user_conns(user));
-            inv.key("").arg(now).arg(expiry).arg(&prefix).arg(&empty);
+            let mut inv = self.scripts.refresh.key(user_conns(self.cluster, user));
+            inv.arg(now).arg(expiry).arg(&prefix).arg(&empty);
             let mut c = conn.clone();
-            let (key, conns_key) = (user_presence(user), user_conns(user));
+            let (key, conns_key) = (user_presence(user), user_conns(self.cluster, user));
             calls.push(Box::pin(async move {
                 inv.invoke_async::<i64>(&mut c).await?;
                 let left: i64 = redis::cmd("ZCARD")
@@ -347,7 +237,7 @@ impl RedisPresence {
         let room_ids: HashSet<&RoomId> = rooms.keys().chain(touched_rooms.iter()).collect();
         for room in room_ids {
             let members = rooms.get(room).unwrap_or(&empty);
-            let mut inv = self.scripts.refresh.key(room_conns(room));
+            let mut inv = self.scripts.refresh.key(room_conns(self.cluster, room));
             inv.key(room_users(room))
                 .arg(now)
                 .arg(expiry)
@@ -394,6 +284,33 @@ impl RedisPresence {
         }
     }
 
+    /// `members` on a cluster: the ids from the room's script, then each user's name from its
+    /// presence hash (one call per user, concurrent), as `[userId, username, ...]`.
+    async fn cluster_members(&self, room: &RoomId) -> redis::RedisResult<Vec<String>> {
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.member_ids.key(room_conns(true, room));
+        inv.key(room_users(room)).arg(now_ms());
+        let ids: Vec<String> = inv.invoke_async(&mut c).await?;
+        let names = futures::future::join_all(ids.iter().map(|uid| {
+            let mut c = self.conn.clone();
+            async move {
+                redis::cmd("HGET")
+                    .arg(format!("user:presence:{uid}"))
+                    .arg("username")
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            }
+        }))
+        .await;
+        let mut out = Vec::with_capacity(ids.len() * 2);
+        for (uid, name) in ids.into_iter().zip(names) {
+            let name = name?.unwrap_or_else(|| uid.clone());
+            out.push(uid);
+            out.push(name);
+        }
+        Ok(out)
+    }
+
     fn touch_user(&self, user: &UserId) {
         self.local.lock().touched_users.insert(user.clone());
     }
@@ -420,7 +337,7 @@ impl Presence for RedisPresence {
         let res: redis::RedisResult<i64> = self
             .scripts
             .connect
-            .key(user_conns(user))
+            .key(user_conns(self.cluster, user))
             .key(user_presence(user))
             .arg(self.conn_member(conn))
             .arg(now)
@@ -454,7 +371,7 @@ impl Presence for RedisPresence {
         let res: redis::RedisResult<u32> = self
             .scripts
             .disconnect
-            .key(user_conns(user))
+            .key(user_conns(self.cluster, user))
             .key(user_presence(user))
             .arg(self.conn_member(conn))
             .arg(now)
@@ -486,21 +403,23 @@ impl Presence for RedisPresence {
             .insert(conn, member.clone());
         let now = now_ms();
         let mut c = self.conn.clone();
-        let res: redis::RedisResult<i64> = self
-            .scripts
-            .join
-            .key(room_conns(room))
-            .key(room_users(room))
-            .key(user_presence(&member.user_id))
+        let mut inv = self.scripts.join.key(room_conns(self.cluster, room));
+        inv.key(room_users(room))
             .arg(self.room_member(conn, &member.user_id))
             .arg(member.user_id.as_ref())
             .arg(now)
-            .arg(Self::expiry(now))
-            .arg(member.username.as_ref())
-            .arg(PRESENCE_TTL.as_secs())
-            .invoke_async(&mut c)
-            .await;
-        match res {
+            .arg(Self::expiry(now));
+        let mut name = redis::pipe();
+        let key = user_presence(&member.user_id);
+        name.hset(&key, "username", member.username.as_ref())
+            .ignore();
+        name.expire(&key, PRESENCE_TTL.as_secs() as i64).ignore();
+        let mut c2 = c.clone();
+        let (res, named) = futures::join!(
+            inv.invoke_async::<i64>(&mut c),
+            name.query_async::<()>(&mut c2)
+        );
+        match named.and(res) {
             Ok(n) => Ok(n == 1),
             Err(e) => {
                 self.failed("join", &e);
@@ -530,7 +449,7 @@ impl Presence for RedisPresence {
         let res: redis::RedisResult<i64> = self
             .scripts
             .leave
-            .key(room_conns(room))
+            .key(room_conns(self.cluster, room))
             .key(room_users(room))
             .arg(self.room_member(conn, user))
             .arg(user.as_ref())
@@ -548,15 +467,14 @@ impl Presence for RedisPresence {
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError> {
-        let mut c = self.conn.clone();
-        let res: redis::RedisResult<Vec<String>> = self
-            .scripts
-            .members
-            .key(room_conns(room))
-            .key(room_users(room))
-            .arg(now_ms())
-            .invoke_async(&mut c)
-            .await;
+        let res = if self.cluster {
+            self.cluster_members(room).await
+        } else {
+            let mut c = self.conn.clone();
+            let mut inv = self.scripts.members.key(room_conns(false, room));
+            inv.key(room_users(room)).arg(now_ms());
+            inv.invoke_async::<Vec<String>>(&mut c).await
+        };
         match res {
             Ok(flat) => {
                 let mut members: Vec<Member> = flat
@@ -584,12 +502,28 @@ impl Presence for RedisPresence {
         if rooms.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for room in rooms {
-            pipe.cmd("SCARD").arg(room_users(room));
-        }
-        let mut c = self.conn.clone();
-        match pipe.query_async(&mut c).await {
+        let res = if self.cluster {
+            // The rooms' sets are in many slots: one call each, concurrent on the connection.
+            futures::future::join_all(rooms.iter().map(|room| {
+                let mut c = self.conn.clone();
+                async move {
+                    redis::cmd("SCARD")
+                        .arg(room_users(room))
+                        .query_async::<u64>(&mut c)
+                        .await
+                }
+            }))
+            .await
+            .into_iter()
+            .collect()
+        } else {
+            let mut pipe = redis::pipe();
+            for room in rooms {
+                pipe.cmd("SCARD").arg(room_users(room));
+            }
+            pipe.query_async(&mut self.conn.clone()).await
+        };
+        match res {
             Ok(counts) => Ok(counts),
             Err(e) => {
                 self.failed("member_counts", &e);

@@ -14,7 +14,8 @@
 //!   the room's list stale (it would have a hole): this instance deletes that list before it
 //!   uses it again, and bypasses it until the delete succeeds.
 //! - Idempotency across instances: a message with a `clientMessageId` is also recorded under
-//!   `chat:idem:{roomId}:{userId}:{clientMessageId}` (TTL `MESSAGE_HISTORY_TTL`), so a retry
+//!   `chat:idem:{roomId}:{userId}:{clientMessageId}` (TTL `MESSAGE_HISTORY_TTL`; on a Redis
+//!   Cluster `{chat:history:{roomId}}:idem:..`, in the list's slot for the `MULTI`), so a retry
 //!   that reaches another instance (with its own embedded store) returns the original message.
 //!   With a shared durable store its unique index stays the guarantee.
 //! - Changes (SPEC 10): `change` writes the durable store first, then, when the change was
@@ -39,7 +40,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
 use super::{Appended, Changed, MarkedRead, MessageStore, OutboxEntry, StoreError};
@@ -84,7 +84,9 @@ pub struct RedisCachedStore {
     inner: Arc<dyn MessageStore>,
     /// Reads answered from the list alone (`chat_history_reads_total{source="cache"}`).
     stats: Arc<HistoryCacheStats>,
-    conn: ConnectionManager,
+    conn: crate::redis_link::Conn,
+    /// On a Redis Cluster (the idempotency keys named for it).
+    cluster: bool,
     max: usize,
     ttl: Duration,
     stale: Mutex<HashSet<RoomId>>,
@@ -131,14 +133,13 @@ impl RedisCachedStore {
         max: usize,
         ttl: Duration,
     ) -> Result<Self, StoreError> {
-        let client =
-            crate::redis_link::client(url).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let conn = crate::redis_link::connection_manager(&client)
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let internal = |e: redis::RedisError| StoreError::Internal(e.to_string());
+        let target = crate::redis_link::Target::parse(url).map_err(internal)?;
         Ok(Self {
             inner,
             stats: Arc::default(),
-            conn,
+            conn: target.connection().map_err(internal)?,
+            cluster: target.is_cluster(),
             max,
             ttl,
             stale: Mutex::new(HashSet::new()),
@@ -249,6 +250,18 @@ impl RedisCachedStore {
         self.newest(room, self.max.max(1)).await.map(|(m, _)| m)
     }
 
+    /// The idempotency record of `m`'s `clientMessageId`.
+    fn idem_key(&self, m: &Message, cmid: &str) -> String {
+        let (room, user) = (&m.room_id, &m.user_id);
+        let plain = format!("chat:idem:{room}:{user}:{cmid}");
+        crate::redis_link::colocated(
+            self.cluster,
+            &history_key(room),
+            &format!(":idem:{user}:{cmid}"),
+            plain,
+        )
+    }
+
     /// Puts a changed message's new state into the room's list (when it holds the message),
     /// and a tombstone into its idempotency record.
     async fn update_item(&self, m: &Message) {
@@ -270,7 +283,7 @@ impl RedisCachedStore {
         if m.deleted
             && let Some(cmid) = &m.client_message_id
         {
-            let idem = format!("chat:idem:{}:{}:{}", room, m.user_id, cmid.as_ref());
+            let idem = self.idem_key(m, cmid.as_ref());
             result = redis::cmd("SET")
                 .arg(idem)
                 .arg(&json)
@@ -303,14 +316,8 @@ impl RedisCachedStore {
 #[async_trait]
 impl MessageStore for RedisCachedStore {
     async fn append(&self, message: Message) -> Result<Appended, StoreError> {
-        let idem = message.client_message_id.as_ref().map(|cmid| {
-            format!(
-                "chat:idem:{}:{}:{}",
-                message.room_id,
-                message.user_id,
-                cmid.as_ref()
-            )
-        });
+        let idem =
+            (message.client_message_id.as_ref()).map(|c| self.idem_key(&message, c.as_ref()));
         let mut c = self.conn.clone();
         if let Some(key) = &idem
             && self.try_redis()

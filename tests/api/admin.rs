@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::metrics::scrape;
 use crate::support::{
-    Endpoint, eventually, keys, redis, spawn_app, spawn_app_with, spawn_redis_app, unique,
+    Endpoint, eventually, keys, own_key, redis, spawn_app, spawn_app_with, spawn_redis_app, unique,
 };
 
 const TOKEN: &str = "operator-t0ken-for-tests";
@@ -309,7 +309,11 @@ async fn instances_on_one_redis_see_each_other_and_drop_off() {
         .unwrap();
     assert!(ids.contains(&id_a) && ids.contains(&id_b), "{ids:?}");
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("chat:admin:instance:{id_b}"))
+        .arg(own_key(
+            "chat:admin:instances",
+            &format!(":instance:{id_b}"),
+            format!("chat:admin:instance:{id_b}"),
+        ))
         .query_async(&mut r)
         .await
         .unwrap();
@@ -318,7 +322,11 @@ async fn instances_on_one_redis_see_each_other_and_drop_off() {
     // A graceful stop withdraws the report at once (well before its TTL).
     b.stop().await;
     let exists: i64 = redis::cmd("EXISTS")
-        .arg(format!("chat:admin:instance:{id_b}"))
+        .arg(own_key(
+            "chat:admin:instances",
+            &format!(":instance:{id_b}"),
+            format!("chat:admin:instance:{id_b}"),
+        ))
         .query_async(&mut r)
         .await
         .unwrap();

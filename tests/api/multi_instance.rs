@@ -5,7 +5,9 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 use crate::raw_ws;
-use crate::support::{HoldProxy, WAIT, redis, redis_addr, spawn_app_with, spawn_redis_app, unique};
+use crate::support::{
+    HoldProxy, WAIT, own_key, redis, redis_addr, redis_url, spawn_app_with, spawn_redis_app, unique,
+};
 
 fn user_ids(users: &Value) -> Vec<String> {
     let mut ids: Vec<String> = users
@@ -18,7 +20,24 @@ fn user_ids(users: &Value) -> Vec<String> {
     ids
 }
 
+/// The instances subscribed to the room's channel: on a cluster its sharded subscribers
+/// (`PUBSUB SHARDNUMSUB`, summed over the nodes: only the shard of its slot has any).
 async fn numsub(room: &str) -> i64 {
+    if let Some(nodes) = chat_service::redis_link::cluster_nodes(&redis_url()) {
+        let mut n = 0;
+        for node in nodes {
+            let client = redis::Client::open(node).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let (_, k): (String, i64) = redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg(format!("chat:room:{room}"))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            n += k;
+        }
+        return n;
+    }
     let mut r = redis().await;
     let (_, n): (String, i64) = redis::cmd("PUBSUB")
         .arg("NUMSUB")
@@ -394,12 +413,20 @@ async fn entries_of_a_dead_instance_expire() {
     let now = chat_service::domain::now_ms();
     let mut r = redis().await;
     // Two connections of `user` on a dead instance: one long expired, one expiring soon.
-    let conns = format!("chat:user:{user}:conns");
+    let conns = own_key(
+        &format!("user:presence:{user}"),
+        ":conns",
+        format!("chat:user:{user}:conns"),
+    );
     let _: () = r.zadd(&conns, "dead:1", now - 60_000).await.unwrap();
     let _: () = r.zadd(&conns, "dead:2", now + 400).await.unwrap();
     let _: () = r.pexpire(&conns, 60_000).await.unwrap();
     // A ghost member of the room, from the dead instance.
-    let room_conns = format!("chat:room:{room}:conns");
+    let room_conns = own_key(
+        &format!("chat:room:{room}:users"),
+        ":conns",
+        format!("chat:room:{room}:conns"),
+    );
     let _: () = r
         .zadd(&room_conns, format!("dead:3:{ghost}"), now - 1)
         .await
@@ -460,7 +487,7 @@ async fn a_client_message_id_retried_on_another_instance_returns_the_original() 
 #[tokio::test]
 async fn a_joiner_reads_history_only_once_its_rooms_subscription_is_live() {
     redis().await;
-    let target = redis_addr();
+    let Some(target) = redis_addr() else { return };
     let proxy = HoldProxy::start(target, "SUBSCRIBE").await;
     let app_a = spawn_app_with(&["--redis-url", &format!("redis://{}", proxy.addr)]).await;
     let app_b = spawn_redis_app(&[]).await;

@@ -4,7 +4,7 @@ use redis::AsyncCommands;
 use serde_json::json;
 
 use super::{CHANGES, c_delete, edit, history, react};
-use crate::support::{redis, spawn_redis_app, unique};
+use crate::support::{own_key, redis, spawn_redis_app, unique};
 
 #[tokio::test]
 async fn changes_cross_instances_and_the_redis_cache_follows_the_store() {
@@ -65,7 +65,14 @@ async fn changes_cross_instances_and_the_redis_cache_follows_the_store() {
         .unwrap();
     assert_eq!(items.len(), 2);
     assert!(items.iter().all(|i| !i.contains(&secret)), "{items:?}");
-    let idem: Option<String> = r.get(format!("chat:idem:{room}:{ua}:c-1")).await.unwrap();
+    let idem: Option<String> = r
+        .get(own_key(
+            &format!("chat:history:{room}"),
+            &format!(":idem:{ua}:c-1"),
+            format!("chat:idem:{room}:{ua}:c-1"),
+        ))
+        .await
+        .unwrap();
     let idem = idem.expect("the idempotency record stays");
     assert!(!idem.contains(&secret), "{idem}");
     // A replay of the deleted message's clientMessageId is still that (deleted) message.
