@@ -8,7 +8,7 @@
 # are measured back to back (the order alternates between runs); the table reports the median of
 # the runs. Scenario settings can be overridden with environment variables (CONNECTIONS,
 # ROOM_SIZE, RATE, DURATION, WARMUP, MESSAGE_SIZE, WORKERS, EXTRA_ARGS, SERVERS="rust node",
-# REDIS_URL for s4, UPGRADE=1 for sessions that start on long-polling and upgrade).
+# REDIS_URL for s4 (a redis+cluster:// URL with SERVERS=rust), UPGRADE=1 for sessions that start on long-polling and upgrade).
 # BASE_BIN=<another chat-service binary> adds it as a third server, `base`, measured in the
 # same runs (a before/after comparison: the table gets its column and the ratio to it).
 # RUST_BIN=<a chat-service binary> measures that one as `rust` instead of this checkout's
@@ -95,7 +95,17 @@ fi
 if [ "$INSTANCES" -gt 1 ]; then
   # Both servers would start without Redis (chat-service then serves each instance's clients
   # alone), which would only show up as lost deliveries: fail early instead.
-  if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+  # A Redis Cluster (REDIS_URL=redis+cluster://host:port,...; chat-service only: the Node.js
+  # reference's adapter takes one Redis) is checked at its first seed node.
+  ping_url=$REDIS_URL
+  case "$REDIS_URL" in
+    redis+cluster://*)
+      case " $SERVERS " in *" node "*)
+        echo "s4 on a Redis Cluster measures chat-service only: set SERVERS=rust" >&2; exit 2 ;;
+      esac
+      first=${REDIS_URL#redis+cluster://}; ping_url="redis://${first%%,*}" ;;
+  esac
+  if ! redis-cli -u "$ping_url" ping >/dev/null 2>&1; then
     echo "Redis is not reachable at $REDIS_URL (scripts/setup.sh installs it; scripts/services.sh starts it)" >&2
     exit 1
   fi
