@@ -15,6 +15,8 @@
 # SOAK_ROOM_SIZE sets the room size (default 10); extra arguments go to chat-bench (e.g.
 # `--churn-room-rate 0.4`). SOAK_SAMPLES=<file> writes the instances' RSS, threads, open files,
 # runtime tasks and connections from their /metrics every SOAK_SAMPLE_EVERY seconds (30).
+# SOAK_ENV_1 / SOAK_ENV_2: extra `NAME=value` settings of instance 1 / 2 only (an A/B in one
+# run, e.g. SOAK_ENV_1=MALLOC_ARENA_MAX=2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,9 +48,11 @@ trap cleanup EXIT
 urls=()
 for i in 1 2; do
   mkdir -p "$work/$i"
+  own="SOAK_ENV_$i"
+  read -r -a own_env <<<"${!own:-}"
   (cd "$work/$i" && exec env PORT=0 HOST=127.0.0.1 REDIS_URL="$redis_url" "${storage[@]}" \
     DATA_DIR="$work/$i/data" RATE_LIMIT_PER_SEC=0 EVENT_RATE_LIMIT_PER_SEC=0 RUST_LOG=warn \
-    "$chat_bin" >"$work/$i/out" 2>"$work/$i/log") &
+    "${own_env[@]}" "$chat_bin" >"$work/$i/out" 2>"$work/$i/log") &
   pids+=("$!")
 done
 for i in 1 2; do

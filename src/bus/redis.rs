@@ -95,6 +95,22 @@ impl Sink {
     }
 }
 
+/// A message that arrived: taken as it is (no copy) from plain pub/sub.
+enum Received {
+    Plain(redis::Msg),
+    Sharded(String, Vec<u8>),
+}
+
+impl Received {
+    /// (channel, payload)
+    fn parts(&self) -> (&str, &[u8]) {
+        match self {
+            Self::Plain(m) => (m.get_channel_name(), m.get_payload_bytes()),
+            Self::Sharded(ch, payload) => (ch, payload),
+        }
+    }
+}
+
 /// The messages arriving on that connection.
 enum Incoming {
     Plain(redis::aio::PubSubStream),
@@ -102,16 +118,10 @@ enum Incoming {
 }
 
 impl Incoming {
-    /// The next message as (channel, payload); `None` when the connection is gone.
-    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+    /// The next message; `None` when the connection is gone.
+    async fn next(&mut self) -> Option<Received> {
         match self {
-            Self::Plain(s) => {
-                let msg = s.next().await?;
-                Some((
-                    msg.get_channel_name().to_string(),
-                    msg.get_payload_bytes().to_vec(),
-                ))
-            }
+            Self::Plain(s) => s.next().await.map(Received::Plain),
             Self::Sharded(rx) => loop {
                 let push = rx.recv().await?;
                 match push.kind {
@@ -122,7 +132,7 @@ impl Incoming {
                         };
                         let ch: String = redis::from_redis_value(ch).unwrap_or_default();
                         let payload: Vec<u8> = redis::from_redis_value(payload).unwrap_or_default();
-                        return Some((ch, payload));
+                        return Some(Received::Sharded(ch, payload));
                     }
                     PushKind::Disconnection => return None,
                     _ => continue,
@@ -283,7 +293,10 @@ impl RedisBus {
             loop {
                 tokio::select! {
                     msg = incoming.next() => match msg {
-                        Some((channel, payload)) => self.on_message(&channel, &payload),
+                        Some(received) => {
+                            let (channel, payload) = received.parts();
+                            self.on_message(channel, payload);
+                        }
                         None => break,
                     },
                     _ = ping.tick() => {
