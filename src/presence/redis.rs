@@ -9,15 +9,17 @@
 //! - `chat:user:{userId}:conns` (`{user:presence:{userId}}:conns` on a Redis Cluster, in the
 //!   slot of the presence hash): sorted set, member `<instance>:<conn>`, score = expiry (epoch
 //!   ms); its size is the user's connection count across instances (`MAX_CONNECTIONS_PER_USER`).
-//! - `chat:room:{roomId}:conns` (`{chat:room:{roomId}:users}:conns` on a cluster): sorted set, member `<instance>:<conn>:<userId>`; a user is a
-//!   member of the room while one of its entries lives. `chat:room:{roomId}:users` is kept in
-//!   step with it (`SADD` on a user's first entry, `SREM` when its last entry goes or expires).
+//! - `chat:room:{roomId}:conns` (`{chat:room:{roomId}:users}:conns` on a cluster): sorted
+//!   set, member `<instance>:<conn>:<userId>`; a user is a member of the room while one of its
+//!   entries lives. `chat:room:{roomId}:users` is kept in step with it (`SADD` on a user's
+//!   first entry, `SREM` when its last entry goes or expires).
 //!
-//! Every check-and-set is one Lua script (atomic, `redis_scripts.rs`), which first drops expired entries. A
-//! heartbeat (`run_heartbeat`, every `ENTRY_TTL / 3`) re-adds this instance's live entries
-//! with a fresh expiry and removes its entries that are no longer live, so a dead instance's
-//! connections disappear within `ENTRY_TTL`, and after an outage the instance republishes its
-//! whole state by itself (the heartbeat retries every second while Redis is unreachable).
+//! Every check-and-set is one Lua script (atomic, `redis_scripts.rs`), which first drops
+//! expired entries. A heartbeat (`run_heartbeat`, every `ENTRY_TTL / 3`) re-adds this
+//! instance's live entries with a fresh expiry and removes its entries that are no longer
+//! live, so a dead instance's connections disappear within `ENTRY_TTL`, and after an outage
+//! the instance republishes its whole state by itself (the heartbeat retries every second
+//! while Redis is unreachable).
 //!
 //! # Outage
 //! This instance's own state is also kept in memory (`MemoryPresence`). When Redis fails, each

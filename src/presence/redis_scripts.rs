@@ -106,8 +106,9 @@ prune(KEYS[1], KEYS[2], ARGV[1])
 return redis.call('SMEMBERS', KEYS[2])
 "#;
 
-/// KEYS: a conns set, and its users set unless it is a user's conns. ARGV: now, expiry, this instance's
-/// prefix, then the instance's live members of the key. Replaces this instance's entries.
+/// KEYS: a conns set, and its users set unless it is a user's conns. ARGV: now, expiry, this
+/// instance's prefix, then the instance's live members of the key. Replaces this instance's
+/// entries.
 pub const REFRESH: &str = r#"
 local users = KEYS[2]
 local live = {}

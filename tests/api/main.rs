@@ -13,6 +13,7 @@ mod grpc_auth;
 mod lifecycle;
 mod limits;
 mod logs;
+mod malloc;
 mod metrics;
 mod migrate;
 mod mongo;
