@@ -110,17 +110,23 @@ pub fn cluster_config() -> redis::cluster::ClusterConfig {
 /// A key of this service's own that goes with the SPEC 7 key `spec_key`: on a cluster,
 /// `{<spec_key>}<suffix>`, whose hash tag puts it in `spec_key`'s slot (a key without braces
 /// hashes whole, so the tag's slot is the SPEC key's); on one Redis, `plain`, the name it has
-/// always had (so instances of an older version share it during a rolling upgrade).
-pub fn colocated(cluster: bool, spec_key: &str, suffix: &str, plain: String) -> String {
+/// always had (so instances of an older version share it during a rolling upgrade). The parts
+/// are `format_args!`, so only the name in use is formatted (a send's idempotency key is one).
+pub fn colocated(
+    cluster: bool,
+    spec_key: std::fmt::Arguments<'_>,
+    suffix: std::fmt::Arguments<'_>,
+    plain: std::fmt::Arguments<'_>,
+) -> String {
     if cluster {
         format!("{{{spec_key}}}{suffix}")
     } else {
-        plain
+        plain.to_string()
     }
 }
 
 /// A client for `url` whose connections set `TCP_NODELAY`.
-pub fn client(url: &str) -> Result<redis::Client, redis::RedisError> {
+fn client(url: &str) -> Result<redis::Client, redis::RedisError> {
     use redis::IntoConnectionInfo;
     let info = url
         .into_connection_info()?
@@ -129,7 +135,7 @@ pub fn client(url: &str) -> Result<redis::Client, redis::RedisError> {
 }
 
 /// A `ConnectionManager` with the timeouts above.
-pub fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisError> {
+fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisError> {
     ConnectionManager::new_lazy_with_config(
         client.clone(),
         ConnectionManagerConfig::new()
@@ -201,9 +207,9 @@ mod tests {
     fn a_colocated_key_hashes_to_its_spec_keys_slot_on_a_cluster_only() {
         let k = colocated(
             true,
-            "chat:room:r1:users",
-            ":conns",
-            "chat:room:r1:conns".into(),
+            format_args!("chat:room:r1:users"),
+            format_args!(":conns"),
+            format_args!("chat:room:r1:conns"),
         );
         assert_eq!(k, "{chat:room:r1:users}:conns");
         assert_eq!(
@@ -213,9 +219,9 @@ mod tests {
         assert_eq!(
             colocated(
                 false,
-                "chat:room:r1:users",
-                ":conns",
-                "chat:room:r1:conns".into()
+                format_args!("chat:room:r1:users"),
+                format_args!(":conns"),
+                format_args!("chat:room:r1:conns"),
             ),
             "chat:room:r1:conns"
         );

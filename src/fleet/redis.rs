@@ -45,9 +45,9 @@ impl RedisFleet {
         let target = crate::redis_link::Target::parse(url).map_err(failed)?;
         let prefix = crate::redis_link::colocated(
             target.is_cluster(),
-            INSTANCES_KEY,
-            ":instance:",
-            REPORT_PREFIX.into(),
+            format_args!("{INSTANCES_KEY}"),
+            format_args!(":instance:"),
+            format_args!("{REPORT_PREFIX}"),
         );
         Ok(Self {
             conn: target.connection().map_err(failed)?,

@@ -55,12 +55,18 @@ fn script(body: &str) -> Script {
 }
 
 fn user_conns(cluster: bool, user: &UserId) -> String {
-    let plain = format!("chat:user:{user}:conns");
-    crate::redis_link::colocated(cluster, &user_presence(user), ":conns", plain)
+    let (spec, plain) = (
+        format_args!("user:presence:{user}"),
+        format_args!("chat:user:{user}:conns"),
+    );
+    crate::redis_link::colocated(cluster, spec, format_args!(":conns"), plain)
 }
 fn room_conns(cluster: bool, room: &RoomId) -> String {
-    let plain = format!("chat:room:{room}:conns");
-    crate::redis_link::colocated(cluster, &room_users(room), ":conns", plain)
+    let (spec, plain) = (
+        format_args!("chat:room:{room}:users"),
+        format_args!("chat:room:{room}:conns"),
+    );
+    crate::redis_link::colocated(cluster, spec, format_args!(":conns"), plain)
 }
 /// The seed key of SPEC 7.
 pub fn room_users(room: &RoomId) -> String {

@@ -13,7 +13,7 @@
 //! - `sql_reads.rs`: the reads those two share to the letter (history, `after`, the change
 //!   log, receipts), one query text each, written into each backend's `reads.rs`.
 //! - `redis_cache.rs`: [`redis_cache::RedisCachedStore`], the Redis history cache in front of
-//!   any store.
+//!   any store; `history_items.rs`: what its lists hold (key, item JSON, decode, merge).
 //! - `metered.rs`: [`metered::MeteredStore`], the decorator of the durable store that counts
 //!   its history reads and errors for the metrics.
 //! - `conformance/`: the suite every backend passes.
@@ -97,6 +97,7 @@
 pub(crate) mod batch;
 pub mod conformance;
 pub mod embedded;
+mod history_items;
 pub mod metered;
 pub mod mongo;
 pub mod postgres;

@@ -44,8 +44,7 @@ use tokio::sync::Notify;
 
 use super::{Appended, Changed, MarkedRead, MessageStore, OutboxEntry, StoreError};
 use crate::domain::{
-    HistoryItem, Message, MessageChange, MessageId, NewRoom, ReadMarker, Room, RoomEvent, RoomId,
-    UserId, now_ms,
+    Message, MessageChange, MessageId, NewRoom, ReadMarker, Room, RoomEvent, RoomId, UserId, now_ms,
 };
 
 /// While Redis is failing, how often one call goes through to see whether it is back.
@@ -53,31 +52,8 @@ const PROBE_EVERY_MS: u64 = 1000;
 /// How many of a list's newest items a `since` resume reads first (`after`).
 const RESUME_TAIL: usize = 64;
 
-/// Replaces the list item holding `"messageId":"<id>"` (ARGV[1]) with ARGV[2] when the item's
-/// `rev` is lower than ARGV[3]; returns 1 when the list held the message.
-const REPLACE_ITEM: &str = r#"
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-for i, item in ipairs(items) do
-  if string.find(item, ARGV[1], 1, true) then
-    local rev = tonumber(string.match(item, '"rev":(%d+)')) or 0
-    if rev < tonumber(ARGV[3]) then
-      redis.call('LSET', KEYS[1], i - 1, ARGV[2])
-    end
-    return 1
-  end
-end
-return 0
-"#;
-
-/// A message's state as the list holds it after a change: the history item and its `rev`.
-fn item_json(m: &Message) -> Result<String, StoreError> {
-    let mut v = serde_json::to_value(HistoryItem::from(m))
-        .map_err(|e| StoreError::Internal(e.to_string()))?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("rev".into(), m.rev.into());
-    }
-    Ok(v.to_string())
-}
+pub use super::history_items::history_key;
+use super::history_items::{REPLACE_ITEM, decode, item_json, merge};
 use crate::metrics::HistoryCacheStats;
 
 pub struct RedisCachedStore {
@@ -94,36 +70,6 @@ pub struct RedisCachedStore {
     down: AtomicBool,
     /// While `down`: when (ms since the epoch) the next call may probe Redis.
     probe_at: AtomicU64,
-}
-
-/// The key of a room's cached history (SPEC 7).
-pub fn history_key(room: &RoomId) -> String {
-    format!("chat:history:{room}")
-}
-
-fn order_key(m: &Message) -> (u64, &str) {
-    (m.timestamp, m.message_id.as_str())
-}
-
-fn decode(items: Vec<String>) -> Vec<Message> {
-    items
-        .iter()
-        .filter_map(|s| {
-            let v: serde_json::Value = serde_json::from_str(s).ok()?;
-            Message::from_json(&v)
-                .map_err(|e| tracing::warn!(cause = %e, "history cache: skipping a bad entry"))
-                .ok()
-        })
-        .collect()
-}
-
-/// Union by id, ordered oldest first, the newest `limit` kept.
-fn merge(mut a: Vec<Message>, b: Vec<Message>, limit: usize) -> Vec<Message> {
-    let ids: HashSet<MessageId> = a.iter().map(|m| m.message_id.clone()).collect();
-    a.extend(b.into_iter().filter(|m| !ids.contains(&m.message_id)));
-    a.sort_by(|x, y| order_key(x).cmp(&order_key(y)));
-    let skip = a.len().saturating_sub(limit);
-    a.split_off(skip)
 }
 
 impl RedisCachedStore {
@@ -253,11 +199,14 @@ impl RedisCachedStore {
     /// The idempotency record of `m`'s `clientMessageId`.
     fn idem_key(&self, m: &Message, cmid: &str) -> String {
         let (room, user) = (&m.room_id, &m.user_id);
-        let plain = format!("chat:idem:{room}:{user}:{cmid}");
+        let (spec, plain) = (
+            format_args!("chat:history:{room}"),
+            format_args!("chat:idem:{room}:{user}:{cmid}"),
+        );
         crate::redis_link::colocated(
             self.cluster,
-            &history_key(room),
-            &format!(":idem:{user}:{cmid}"),
+            spec,
+            format_args!(":idem:{user}:{cmid}"),
             plain,
         )
     }
@@ -576,39 +525,5 @@ impl MessageStore for RedisCachedStore {
 
     async fn count(&self, room: &RoomId) -> Result<u64, StoreError> {
         self.inner.count(room).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{MessageBody, MessageType, Username};
-
-    fn msg(id_ts: u64, text: &str) -> Message {
-        Message::new(
-            MessageId::generate(id_ts),
-            RoomId::parse("r").unwrap(),
-            UserId::parse("u").unwrap(),
-            Username::parse("u").unwrap(),
-            MessageBody::parse(text, 100).unwrap(),
-            MessageType::Text,
-            id_ts,
-            None,
-        )
-    }
-
-    #[test]
-    fn merge_dedupes_orders_and_keeps_the_newest() {
-        let (m1, m2, m3) = (msg(1000, "a"), msg(2000, "b"), msg(3000, "c"));
-        let merged = merge(
-            vec![m2.clone(), m3.clone()],
-            vec![m1.clone(), m2.clone()],
-            10,
-        );
-        let texts: Vec<_> = merged.iter().map(|m| m.message.as_str()).collect();
-        assert_eq!(texts, ["a", "b", "c"]);
-        let merged = merge(vec![m3], vec![m1, m2], 2);
-        let texts: Vec<_> = merged.iter().map(|m| m.message.as_str()).collect();
-        assert_eq!(texts, ["b", "c"]);
     }
 }

@@ -93,7 +93,8 @@ pub fn on_cluster() -> bool {
 /// The name of one of the service's own keys that goes with the SPEC 7 key `spec_key`
 /// (`redis_link::colocated`): hash-tagged on a cluster, `plain` on one Redis.
 pub fn own_key(spec_key: &str, suffix: &str, plain: String) -> String {
-    chat_service::redis_link::colocated(on_cluster(), spec_key, suffix, plain)
+    let (spec_key, suffix) = (format_args!("{spec_key}"), format_args!("{suffix}"));
+    chat_service::redis_link::colocated(on_cluster(), spec_key, suffix, format_args!("{plain}"))
 }
 
 /// The test Redis' `ip:port` (for a proxy in front of it); `None` on a cluster, whose nodes
