@@ -13,6 +13,9 @@
 # same runs (a before/after comparison: the table gets its column and the ratio to it).
 # RUST_BIN=<a chat-service binary> measures that one as `rust` instead of this checkout's
 # release build (to compare two earlier commits with each other; chat-bench stays this one's).
+# RUST_ENV / BASE_ENV="VAR=value ..." add settings to the `rust` / `base` server's environment
+# (e.g. BASE_BIN=target/release/chat-service BASE_ENV=EMBEDDED_COMMIT_WINDOW_US=0 compares one
+# setting of the same binary against another).
 # Results: bench/results/<scenario>-<server>-<run>.json and bench/results/<scenario>.md.
 #
 # RAMP=1 (any scenario) searches the maximum sustainable rate instead: chat-bench starts at RATE
@@ -140,14 +143,15 @@ trap stop_server EXIT
 
 # start_instance rust|node LOG -> appends to SERVER_PIDS and PORTS
 start_instance() {
-  local kind=$1 log=$2 data port redis_env=()
+  local kind=$1 log=$2 data port redis_env=() extra_env=()
   : >"$log"
   # Only s4 gives the servers Redis: a REDIS_URL or REDIS_HOST in the caller's environment must
   # not turn the single-instance scenarios into Redis ones.
   if [ "$INSTANCES" -gt 1 ]; then redis_env=(REDIS_URL="$REDIS_URL"); fi
   if [ "$kind" = rust ] || [ "$kind" = base ]; then
     local bin=${RUST_BIN:-$TARGET/release/chat-service}
-    if [ "$kind" = base ]; then bin=$BASE_BIN; fi
+    read -r -a extra_env <<<"${RUST_ENV:-}"
+    if [ "$kind" = base ]; then bin=$BASE_BIN; read -r -a extra_env <<<"${BASE_ENV:-}"; fi
     data=$(mktemp -d)
     DATA_DIRS+=("$data")
     # MESSAGE_HISTORY_TTL: the Redis history cache of the bench rooms (run-unique names) expires
@@ -155,7 +159,7 @@ start_instance() {
     env -u REDIS_URL -u REDIS_HOST "${redis_env[@]}" MESSAGE_HISTORY_TTL=3600 \
       PORT=0 HOST=127.0.0.1 DATA_DIR="$data" RUST_LOG=warn \
       RATE_LIMIT_PER_SEC=0 EVENT_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 \
-      AUTH_TIMEOUT_SECS=600 \
+      AUTH_TIMEOUT_SECS=600 "${extra_env[@]}" \
       taskset -c 0 "$bin" >"$log" 2>&1 &
   else
     env -u REDIS_URL -u REDIS_HOST "${redis_env[@]}" PORT=0 taskset -c 0 node bench/node-reference/server.js >"$log" 2>&1 &
