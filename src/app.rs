@@ -457,7 +457,7 @@ pub async fn durable_store(
 ) -> anyhow::Result<Arc<dyn MessageStore>> {
     let store: Arc<dyn MessageStore> = match cfg.storage {
         StorageKind::Embedded => Arc::new(
-            EmbeddedStore::open_with(&cfg.data_dir, outbox)
+            EmbeddedStore::open_with_window(&cfg.data_dir, outbox, cfg.commit_window)
                 .await
                 .with_context(|| {
                     format!(

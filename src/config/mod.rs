@@ -47,6 +47,10 @@ pub struct Cli {
     /// Folder of the embedded store
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Embedded store: most microseconds a small group commit waits for more messages when
+    /// they arrive fast enough to share its fsync (0: never wait)
+    #[arg(long, env = "EMBEDDED_COMMIT_WINDOW_US", default_value_t = DEFAULT_COMMIT_WINDOW_US)]
+    pub embedded_commit_window_us: u64,
     /// MongoDB connection string (selects STORAGE=mongodb when STORAGE is unset)
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: Option<String>,
@@ -222,6 +226,11 @@ pub struct RedisConfig {
     pub message_history_ttl: Duration,
 }
 
+/// `EMBEDDED_COMMIT_WINDOW_US`'s default (BENCHMARKS.md, "The durable write: a commit window, and the floor").
+pub const DEFAULT_COMMIT_WINDOW_US: u64 = 300;
+/// The longest commit window allowed: 10 ms.
+const MAX_COMMIT_WINDOW_US: u64 = 10_000;
+
 /// The validated configuration the composition root builds from. Its `Debug` output redacts
 /// secrets (passwords in URLs, JWT secrets).
 #[derive(Clone)]
@@ -231,6 +240,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub storage: StorageKind,
     pub data_dir: PathBuf,
+    /// `EMBEDDED_COMMIT_WINDOW_US`: the embedded writer's commit window.
+    pub commit_window: Duration,
     /// `DATABASE_URL` (`STORAGE=postgres`).
     pub database_url: Option<String>,
     /// `MONGODB_URI` (`STORAGE=mongodb`).
@@ -433,12 +444,19 @@ impl Config {
         if cli.max_message_history == 0 {
             return Err(bad("MAX_MESSAGE_HISTORY", "must be at least 1"));
         }
+        if cli.embedded_commit_window_us > MAX_COMMIT_WINDOW_US {
+            return Err(bad(
+                "EMBEDDED_COMMIT_WINDOW_US",
+                &format!("must be 0 to {MAX_COMMIT_WINDOW_US} microseconds"),
+            ));
+        }
         Ok(Self {
             listen: SocketAddr::new(cli.host, cli.port),
             production: cli.node_env == "production",
             log_format,
             storage,
             data_dir: cli.data_dir,
+            commit_window: Duration::from_micros(cli.embedded_commit_window_us),
             database_url: cli.database_url,
             mongodb_uri: cli.mongodb_uri,
             redis: redis.map(|url| RedisConfig {
@@ -497,6 +515,17 @@ mod tests {
         assert!(e.contains("CORS_ORIGIN"), "{e}");
         let e = parse(&["--log-format", "xml"]).unwrap_err().to_string();
         assert!(e.contains("LOG_FORMAT"), "{e}");
+        let e = parse(&["--embedded-commit-window-us", "10001"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("EMBEDDED_COMMIT_WINDOW_US"), "{e}");
+        let c = parse(&["--embedded-commit-window-us", "0"]).unwrap();
+        assert_eq!(c.commit_window, Duration::ZERO);
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.commit_window,
+            Duration::from_micros(DEFAULT_COMMIT_WINDOW_US)
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub(crate) use transaction::{
 };
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -104,14 +105,18 @@ impl<Op: Send + 'static> Writes<Op> {
     /// wait on the tokio runtime (a backend whose calls block, e.g. a synchronous SQLite
     /// connection). A write then costs its caller one queue send and one reply, and no tokio
     /// task sits between the queue and the database.
+    ///
+    /// `window` is the [`CommitWindow`]: how long a small batch may wait for more writes
+    /// when writes are arriving fast enough to fill it (`Duration::ZERO`: never).
     pub(crate) fn start_thread<B: ApplyBatch<Op = Op>>(
         backend: B,
         name: &str,
+        window: Duration,
     ) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(B::QUEUE);
         std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run_blocking(backend, rx))?;
+            .spawn(move || run_blocking(backend, rx, CommitWindow::new(window)))?;
         Ok(Self {
             queue,
             store: B::STORE,
@@ -231,10 +236,29 @@ async fn run<B: ApplyBatch>(mut backend: B, mut rx: mpsc::Receiver<Queued<B::Op>
     backend.finish().await;
 }
 
-/// The writer thread of `start_thread`: the loop of `run`, blocking.
-fn run_blocking<B: ApplyBatch>(mut backend: B, mut rx: mpsc::Receiver<Queued<B::Op>>) {
+/// The writer thread of `start_thread`: the loop of `run`, blocking, with the commit window.
+fn run_blocking<B: ApplyBatch>(
+    mut backend: B,
+    mut rx: mpsc::Receiver<Queued<B::Op>>,
+    mut window: CommitWindow,
+) {
     let mut batch = Vec::with_capacity(B::MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, B::MAX_BATCH) > 0 {
+        let closing = batch.iter().any(|q| matches!(q, Queued::Close(_)));
+        if let Some(hold) = window
+            .hold(Instant::now(), batch.len())
+            .filter(|_| !closing)
+        {
+            std::thread::sleep(hold);
+            let before = batch.len();
+            while batch.len() < B::MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(queued) => batch.push(queued),
+                    Err(_) => break,
+                }
+            }
+            window.gathered(Instant::now(), batch.len() - before);
+        }
         let (ops, close) = split(&mut batch);
         if !ops.is_empty() {
             futures::executor::block_on(backend.apply(ops));
@@ -247,6 +271,69 @@ fn run_blocking<B: ApplyBatch>(mut backend: B, mut rx: mpsc::Receiver<Queued<B::
         }
     }
     futures::executor::block_on(backend.finish());
+}
+
+/// The commit window of a writer thread: when writes arrive faster than one per commit, a
+/// small batch waits a little for the next ones, so that one commit (one fsync) carries several
+/// of them. On this kind of disk the flush is most of a commit's CPU and wall time whether it
+/// carries one row or eight (BENCHMARKS.md, "The durable write: a commit window, and the floor").
+///
+/// The window opens only when it is likely to pay: the batch is smaller than [`FULL`] and
+/// the recent rate of writes (an average over batches) expects at least half a write more
+/// within it. A quiet service (a write now and then) commits each write at once, without
+/// added latency; a busy one gathers what it gets anyway. The wait is bounded by the window,
+/// so it adds at most that much to a write's latency.
+///
+/// [`FULL`]: CommitWindow::FULL
+pub(crate) struct CommitWindow {
+    max: Duration,
+    /// Moving averages of the writes taken per take and of the seconds between takes: their
+    /// ratio is the recent rate of writes.
+    writes: f64,
+    seconds: f64,
+    last: Option<Instant>,
+}
+
+impl CommitWindow {
+    /// A batch of this many writes commits without waiting: the flush is already shared.
+    const FULL: usize = 8;
+    /// Weight of the newest take in the moving averages.
+    const WEIGHT: f64 = 0.1;
+
+    pub(crate) fn new(max: Duration) -> Self {
+        Self {
+            max,
+            writes: 0.0,
+            seconds: 0.0,
+            last: None,
+        }
+    }
+
+    /// Takes note of `taken` writes taken from the queue at `now`.
+    fn taken(&mut self, now: Instant, taken: usize) {
+        if let Some(last) = self.last {
+            let gap = now.saturating_duration_since(last).as_secs_f64();
+            self.writes += Self::WEIGHT * (taken as f64 - self.writes);
+            self.seconds += Self::WEIGHT * (gap - self.seconds);
+        }
+        self.last = Some(now);
+    }
+
+    /// Takes note of a batch of `queued` writes taken at `now` and says how long it should
+    /// wait for more, if at all. After the wait, [`CommitWindow::gathered`] counts what came.
+    pub(crate) fn hold(&mut self, now: Instant, queued: usize) -> Option<Duration> {
+        if self.max.is_zero() {
+            return None;
+        }
+        self.taken(now, queued);
+        let expected = self.writes * self.max.as_secs_f64() / self.seconds.max(1e-9);
+        (queued < Self::FULL && expected >= 0.5).then_some(self.max)
+    }
+
+    /// Takes note of the `gathered` writes taken at `now`, at the end of a wait.
+    pub(crate) fn gathered(&mut self, now: Instant, gathered: usize) {
+        self.taken(now, gathered);
+    }
 }
 
 /// The writes of a batch taken from the queue, and the close request among them.
@@ -270,5 +357,146 @@ pub(crate) fn stop<Op>(rx: &mut mpsc::Receiver<Queued<Op>>) {
         if let Queued::Close(done) = queued {
             let _ = done.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `window` one write per `gap` for `n` takes (each commit immediate) and returns
+    /// the last decision.
+    fn steady(
+        window: &mut CommitWindow,
+        start: Instant,
+        gap: Duration,
+        n: u32,
+    ) -> Option<Duration> {
+        let mut decision = None;
+        for i in 1..=n {
+            decision = window.hold(start + gap * i, 1);
+        }
+        decision
+    }
+
+    #[test]
+    fn the_window_opens_only_when_writes_come_fast_enough_to_fill_it() {
+        let max = Duration::from_micros(400);
+        let start = Instant::now();
+        // 2,000 writes/s: 0.8 expected in 400 µs.
+        let mut busy = CommitWindow::new(max);
+        assert_eq!(
+            steady(&mut busy, start, Duration::from_micros(500), 50),
+            Some(max)
+        );
+        // ... but a batch that already shares its flush does not wait.
+        assert_eq!(
+            busy.hold(start + Duration::from_millis(26), CommitWindow::FULL),
+            None
+        );
+        // 100 writes/s: 0.04 expected, so each write commits at once.
+        let mut quiet = CommitWindow::new(max);
+        assert_eq!(
+            steady(&mut quiet, start, Duration::from_millis(10), 50),
+            None
+        );
+        // A quiet spell after a busy one closes the window again.
+        assert_eq!(
+            steady(
+                &mut busy,
+                start + Duration::from_secs(1),
+                Duration::from_millis(50),
+                50
+            ),
+            None
+        );
+        // Zero: never.
+        let mut off = CommitWindow::new(Duration::ZERO);
+        assert_eq!(steady(&mut off, start, Duration::from_micros(10), 50), None);
+    }
+
+    #[test]
+    fn writes_gathered_during_a_wait_count_towards_the_rate() {
+        let max = Duration::from_micros(400);
+        let start = Instant::now();
+        let mut window = CommitWindow::new(max);
+        // One write per millisecond: 0.4 expected in 400 µs, under the bar of 0.5...
+        let mut t = start;
+        for _ in 0..50 {
+            t += Duration::from_micros(1000);
+            window.hold(t, 1);
+        }
+        assert_eq!(window.hold(t + Duration::from_micros(1000), 1), None);
+        // ... but with three more gathered after each take it is 4 writes per ms.
+        for _ in 0..50 {
+            t += Duration::from_micros(1000);
+            window.hold(t, 1);
+            window.gathered(t + Duration::from_micros(400), 3);
+        }
+        assert_eq!(window.hold(t + Duration::from_micros(1000), 1), Some(max));
+    }
+
+    /// A backend that answers every write and records each batch's size.
+    struct Sizes(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl ApplyBatch for Sizes {
+        type Op = Reply<()>;
+        const STORE: &'static str = "test";
+        const MAX_BATCH: usize = 64;
+
+        async fn apply(&mut self, ops: Vec<Reply<()>>) {
+            self.0.lock().unwrap().push(ops.len());
+            for reply in ops {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Writes queued one per millisecond through a writer thread with `window`: the sizes of
+    /// the batches it committed.
+    async fn batches(window: Duration) -> Vec<usize> {
+        let sizes = std::sync::Arc::default();
+        let writes =
+            Writes::start_thread(Sizes(std::sync::Arc::clone(&sizes)), "test-writer", window)
+                .unwrap();
+        let writes = std::sync::Arc::new(writes);
+        let mut callers = Vec::new();
+        for _ in 0..120 {
+            let writes = std::sync::Arc::clone(&writes);
+            callers.push(tokio::spawn(
+                async move { writes.submit(|reply| reply).await },
+            ));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for caller in callers {
+            caller.await.unwrap().unwrap();
+        }
+        writes.close().await;
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            120,
+            "every write committed once"
+        );
+        sizes
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_thread_gathers_writes_into_its_window_and_answers_them_all() {
+        let mean = |s: &[usize]| s.iter().sum::<usize>() as f64 / s.len() as f64;
+        // A write a millisecond against a 20 ms window: the window opens and each commit
+        // carries several writes (about 20; 4 leaves room for a slow machine).
+        let windowed = batches(Duration::from_millis(20)).await;
+        assert!(
+            mean(&windowed) >= 4.0,
+            "batches with a window: {windowed:?}"
+        );
+        // Without one, the writer takes what is queued: a write a millisecond commits
+        // mostly alone.
+        let alone = batches(Duration::ZERO).await;
+        assert!(
+            mean(&alone) < mean(&windowed) / 2.0,
+            "without: {alone:?}, with: {windowed:?}"
+        );
     }
 }

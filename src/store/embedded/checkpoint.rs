@@ -44,6 +44,10 @@ pub(super) struct Checkpoints {
 struct Wal {
     /// Frames in the WAL.
     frames: AtomicI64,
+    /// Whether a commit has asked for a checkpoint that has not started yet: the writer sends
+    /// a wake-up only when it sets this, so a run of commits wakes the checkpointer once, not
+    /// once per commit (each wake-up is a context switch of a thread that would only note it).
+    asked: AtomicBool,
     /// Whether a warned-about failure has not cleared yet (logged when it starts and when it
     /// clears, not at every checkpoint).
     failing: AtomicBool,
@@ -70,8 +74,11 @@ impl Checkpoints {
     /// After a commit of the writer (on `conn`).
     pub(super) fn committed(&self, conn: &Connection) {
         if let Some(wake) = &self.wake {
-            // Full: a wake-up is already waiting, which covers this commit too.
-            let _ = wake.try_send(());
+            // Asked already (or the channel full): the checkpoint not yet started covers this
+            // commit too.
+            if !self.wal.asked.swap(true, Ordering::Relaxed) {
+                let _ = wake.try_send(());
+            }
         }
         // SQLite restarts the WAL from its start only when a write begins after a checkpoint
         // copied all of it; under steady writes the checkpointer is always a few commits
@@ -99,11 +106,14 @@ impl Drop for Checkpoints {
 
 /// Copies committed WAL pages into the database file after a commit, at most once per
 /// `CHECKPOINT_INTERVAL`: each checkpoint costs an fsync of the database file, and at low
-/// rates (many small commits) one per commit would double the fsyncs. Commits during a
-/// checkpoint or the pause wake it once more. Returns when the writer drops its end.
+/// rates (many small commits) one per commit would double the fsyncs. The commits during a
+/// checkpoint or the pause wake it once more, with one wake-up (`Wal::asked`). Returns when
+/// the writer drops its end.
 fn run_checkpointer(conn: &Connection, woken: &mpsc::Receiver<()>, wal: &Wal) {
     let mut pending = woken.recv().is_ok();
     while pending {
+        // Cleared before the checkpoint: a commit after this point asks again.
+        wal.asked.store(false, Ordering::Relaxed);
         checkpoint(conn, wal);
         let until = Instant::now() + CHECKPOINT_INTERVAL;
         pending = false;

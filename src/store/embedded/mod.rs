@@ -135,6 +135,18 @@ impl EmbeddedStore {
     /// Opens `dir/chat.db`; with `outbox`, every appended message also writes its
     /// `message.sent` outbox entry (see the outbox contract in `store`).
     pub async fn open_with(dir: &Path, outbox: Option<OutboxConfig>) -> Result<Self, StoreError> {
+        let window = Duration::from_micros(crate::config::DEFAULT_COMMIT_WINDOW_US);
+        Self::open_with_window(dir, outbox, window).await
+    }
+
+    /// `open_with`, with the writer's commit window (`EMBEDDED_COMMIT_WINDOW_US`: how long a
+    /// small batch may wait for more writes when they arrive fast enough to share its fsync;
+    /// `Duration::ZERO`: never).
+    pub async fn open_with_window(
+        dir: &Path,
+        outbox: Option<OutboxConfig>,
+        window: Duration,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create DATA_DIR {}: {e}", dir.display()))
         })?;
@@ -172,7 +184,7 @@ impl EmbeddedStore {
         let checkpoints = checkpoint::Checkpoints::start(checkpointer)
             .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
         let writer = writes::Writer::new(writer, file, outbox.clone(), checkpoints);
-        let writes = Writes::start_thread(writer, "embedded-writer")
+        let writes = Writes::start_thread(writer, "embedded-writer", window)
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             writes,

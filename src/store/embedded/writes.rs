@@ -112,10 +112,15 @@ impl ApplyBatch for Writer {
         let mut answers = Answers::with_capacity(ops.len());
         let mut count = self.outbox.count();
         let result = async {
-            conn.execute_batch("BEGIN IMMEDIATE")
+            // Cached like every statement of the writer: not parsed again per batch.
+            conn.prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut s| s.execute([]))
                 .map_err(sqlite_error)?;
             apply_in_order(&mut Tx(&mut conn), ops, &mut count, &mut answers).await?;
-            conn.execute_batch("COMMIT").map_err(sqlite_error)
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map_err(sqlite_error)
+                .map(|_| ())
         }
         .await;
         let ok = result.is_ok();
