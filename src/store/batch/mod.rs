@@ -244,11 +244,11 @@ fn run_blocking<B: ApplyBatch>(
 ) {
     let mut batch = Vec::with_capacity(B::MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, B::MAX_BATCH) > 0 {
-        let closing = batch.iter().any(|q| matches!(q, Queued::Close(_)));
-        if let Some(hold) = window
+        // A batch that holds a close request commits at once.
+        let hold = window
             .hold(Instant::now(), batch.len())
-            .filter(|_| !closing)
-        {
+            .filter(|_| !batch.iter().any(|q| matches!(q, Queued::Close(_))));
+        if let Some(hold) = hold {
             std::thread::sleep(hold);
             let before = batch.len();
             while batch.len() < B::MAX_BATCH {
@@ -362,6 +362,8 @@ pub(crate) fn stop<Op>(rx: &mut mpsc::Receiver<Queued<Op>>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     /// Feeds `window` one write per `gap` for `n` takes (each commit immediate) and returns
@@ -437,7 +439,7 @@ mod tests {
     }
 
     /// A backend that answers every write and records each batch's size.
-    struct Sizes(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+    struct Sizes(Arc<Mutex<Vec<usize>>>);
 
     impl ApplyBatch for Sizes {
         type Op = Reply<()>;
@@ -455,14 +457,13 @@ mod tests {
     /// Writes queued one per millisecond through a writer thread with `window`: the sizes of
     /// the batches it committed.
     async fn batches(window: Duration) -> Vec<usize> {
-        let sizes = std::sync::Arc::default();
+        let sizes = Arc::default();
         let writes =
-            Writes::start_thread(Sizes(std::sync::Arc::clone(&sizes)), "test-writer", window)
-                .unwrap();
-        let writes = std::sync::Arc::new(writes);
+            Writes::start_thread(Sizes(Arc::clone(&sizes)), "test-writer", window).unwrap();
+        let writes = Arc::new(writes);
         let mut callers = Vec::new();
         for _ in 0..120 {
-            let writes = std::sync::Arc::clone(&writes);
+            let writes = Arc::clone(&writes);
             callers.push(tokio::spawn(
                 async move { writes.submit(|reply| reply).await },
             ));

@@ -126,6 +126,10 @@ fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
+/// The writer's commit window by default, µs (`EMBEDDED_COMMIT_WINDOW_US`; BENCHMARKS.md,
+/// "The durable write: a commit window, and the floor").
+pub const DEFAULT_COMMIT_WINDOW_US: u64 = 300;
+
 impl EmbeddedStore {
     /// Opens (creating if needed) `dir/chat.db` without the outbox and starts the writer.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -135,7 +139,7 @@ impl EmbeddedStore {
     /// Opens `dir/chat.db`; with `outbox`, every appended message also writes its
     /// `message.sent` outbox entry (see the outbox contract in `store`).
     pub async fn open_with(dir: &Path, outbox: Option<OutboxConfig>) -> Result<Self, StoreError> {
-        let window = Duration::from_micros(crate::config::DEFAULT_COMMIT_WINDOW_US);
+        let window = Duration::from_micros(DEFAULT_COMMIT_WINDOW_US);
         Self::open_with_window(dir, outbox, window).await
     }
 
