@@ -126,10 +126,9 @@ fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-/// The writer's commit window by default, µs (`EMBEDDED_COMMIT_WINDOW_US`): off. 300 is the
-/// measured setting (BENCHMARKS.md, "The durable write: a commit window, and the floor"); it
-/// stays opt-in until the Redis-outage test's failures with it are explained (ARCHITECTURE.md).
-pub const DEFAULT_COMMIT_WINDOW_US: u64 = 0;
+/// The writer's commit window by default, µs (`EMBEDDED_COMMIT_WINDOW_US`; BENCHMARKS.md,
+/// "The durable write: a commit window, and the floor").
+pub const DEFAULT_COMMIT_WINDOW_US: u64 = 300;
 
 impl EmbeddedStore {
     /// Opens (creating if needed) `dir/chat.db` without the outbox and starts the writer.
