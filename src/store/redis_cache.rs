@@ -154,6 +154,7 @@ impl RedisCachedStore {
             .await
         {
             Ok(()) => {
+                self.reached();
                 self.stale.lock().remove(room);
                 true
             }
@@ -277,6 +278,7 @@ impl MessageStore for RedisCachedStore {
                 .await
             {
                 Ok(Some(json)) => {
+                    self.reached();
                     if let Some(original) = serde_json::from_str(&json)
                         .ok()
                         .and_then(|v: serde_json::Value| Message::from_json(&v).ok())
@@ -290,7 +292,9 @@ impl MessageStore for RedisCachedStore {
                         });
                     }
                 }
-                Ok(None) => {}
+                // A probe that got through: the list write below may go ahead (it would
+                // otherwise find this second's probe taken, and skip Redis until the next).
+                Ok(None) => self.reached(),
                 Err(e) => self.failed("idempotency read", Some(&message.room_id), &e),
             }
         }

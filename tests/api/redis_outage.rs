@@ -127,7 +127,14 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
         .unwrap();
     assert_eq!(n, 2);
     // Cross-instance delivery works again, both ways.
-    a3.say(&room, "after from A").await;
+    let ack = a3
+        .emit_ack(
+            "send_message",
+            serde_json::json!({"roomId": room, "message": "after from A",
+                "clientMessageId": "after-from-a"}),
+        )
+        .await;
+    assert_eq!(ack["success"], true, "send: {ack}");
     assert_eq!(
         b.event_where("new_message", |m| m["message"] == "after from A")
             .await["userId"],
@@ -137,7 +144,10 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
     a1.event_where("new_message", |m| m["message"] == "after from B")
         .await;
     // Redis' return is logged once by each client too: the cache's at its first call that
-    // gets through (sends until then), presence's at its next heartbeat.
+    // gets through (sends until then), presence's at its next heartbeat. The sends carry a
+    // clientMessageId, so the cache's probe is its idempotency read: one that gets through
+    // must let the same send write the list (it once found that second's probe taken and
+    // skipped Redis, for every such send, forever).
     for i in 0.. {
         let back = [
             "history cache: Redis reachable again",
@@ -153,9 +163,22 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
             "Redis' return not logged: {:#?}",
             logs.lines_with("redis")
         );
-        a1.say(&room, &format!("after {i}")).await;
+        let ack = a1
+            .emit_ack(
+                "send_message",
+                serde_json::json!({"roomId": room, "message": format!("after {i}"),
+                    "clientMessageId": format!("after-{i}")}),
+            )
+            .await;
+        assert_eq!(ack["success"], true, "send: {ack}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The cache is written again: the last send is in the room's list.
+    let list: Vec<String> = r.lrange(format!("chat:history:{room}"), -1, -1).await.unwrap();
+    assert!(
+        list.first().is_some_and(|item| item.contains("\"after ")),
+        "the history list was not written after Redis came back: {list:?}"
+    );
     for (line, n) in [
         ("history cache: Redis reachable again", 1),
         ("redis presence: back", 1),
