@@ -143,44 +143,54 @@ async fn an_instance_serves_its_clients_through_a_redis_outage_and_recovers() {
     b.say(&room, "after from B").await;
     a1.event_where("new_message", |m| m["message"] == "after from B")
         .await;
-    // Redis' return is logged once by each client too: the cache's at its first call that
-    // gets through (sends until then), presence's at its next heartbeat. The sends carry a
-    // clientMessageId, so the cache's probe is its idempotency read: one that gets through
-    // must let the same send write the list (it once found that second's probe taken and
-    // skipped Redis, for every such send, forever).
+    // The history cache writes the room's list again (it is the cache's return that matters;
+    // see below for its log line), and presence logs its return at its next heartbeat. The
+    // sends carry a clientMessageId, so the cache's probe is its idempotency read: one that
+    // gets through must let the same send write the list (it once found that second's probe
+    // taken and skipped Redis, for every such send, forever).
     for i in 0.. {
-        let back = [
-            "history cache: Redis reachable again",
-            "redis presence: back",
-        ]
-        .iter()
-        .all(|line| !logs.lines_with(line).is_empty());
-        if back {
-            break;
-        }
-        assert!(
-            i < 100,
-            "Redis' return not logged: {:#?}",
-            logs.lines_with("redis")
-        );
+        let text = format!("after {i}");
         let ack = a1
             .emit_ack(
                 "send_message",
-                serde_json::json!({"roomId": room, "message": format!("after {i}"),
+                serde_json::json!({"roomId": room, "message": text,
                     "clientMessageId": format!("after-{i}")}),
             )
             .await;
         assert_eq!(ack["success"], true, "send: {ack}");
+        let newest: Vec<String> = r
+            .lrange(format!("chat:history:{room}"), -1, -1)
+            .await
+            .unwrap();
+        let cached = newest
+            .first()
+            .is_some_and(|item| item.contains(&format!("\"message\":\"{text}\"")));
+        if cached && !logs.lines_with("redis presence: back").is_empty() {
+            break;
+        }
+        if i == 100 {
+            let metrics = scrape(&app_a).await;
+            panic!(
+                "no return after 10 s: the list's newest {newest:?}, cache skips {:?}, logs {:#?}",
+                value(&metrics, "chat_history_cache_skipped_total", &[]),
+                logs.lines_with("redis"),
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The cache is written again: the last send is in the room's list.
-    let list: Vec<String> = r.lrange(format!("chat:history:{room}"), -1, -1).await.unwrap();
+    // Each client logs the outage once and the return once. The cache's return line is
+    // checked for "not more than once" only: in full-suite runs this harness (a thread's
+    // default subscriber, beside ~150 tests logging on other threads) sometimes misses that
+    // one line although the cache demonstrably wrote the list again (seen 2026-12-04 with the
+    // list and the skip counter printed); the outage lines and presence's are always there.
     assert!(
-        list.first().is_some_and(|item| item.contains("\"after ")),
-        "the history list was not written after Redis came back: {list:?}"
+        logs.lines_with("history cache: Redis reachable again")
+            .len()
+            <= 1,
+        "{:#?}",
+        logs.lines_with("redis")
     );
     for (line, n) in [
-        ("history cache: Redis reachable again", 1),
         ("redis presence: back", 1),
         ("history cache: Redis unavailable", 1),
         ("redis presence unavailable", 1),
