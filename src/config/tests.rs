@@ -24,8 +24,8 @@ fn bad_values_name_the_variable() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("EMBEDDED_COMMIT_WINDOW_US"), "{e}");
-    let c = parse(&["--embedded-commit-window-us", "0"]).unwrap();
-    assert_eq!(c.commit_window, Duration::ZERO);
+    let c = parse(&["--embedded-commit-window-us", "300"]).unwrap();
+    assert_eq!(c.commit_window, Duration::from_micros(300));
     let c = parse(&[]).unwrap();
     assert_eq!(
         c.commit_window,

@@ -26,8 +26,12 @@ impl Backend for Embedded {
         false
     }
 
+    /// The rows of the SQLite file, and the bytes of the journal (sends are durable there
+    /// first).
     async fn raw_contains(&self, text: &str) -> bool {
+        let journal = std::fs::read(self.0.path().join("chat.journal")).unwrap_or_default();
         sqlite_contains(&self.0.path().join("chat.db"), text).await
+            || journal.windows(text.len()).any(|w| w == text.as_bytes())
     }
 }
 

@@ -62,7 +62,10 @@ impl Checkpoints {
             let wal = wal.clone();
             std::thread::Builder::new()
                 .name("embedded-checkpoint".into())
-                .spawn(move || run_checkpointer(&conn, &woken, &wal))?
+                .spawn(move || {
+                    super::apply::background();
+                    run_checkpointer(&conn, &woken, &wal)
+                })?
         };
         Ok(Self {
             wake: Some(wake),

@@ -1,12 +1,17 @@
-//! `STORAGE=embedded`: an SQLite file (`DATA_DIR/chat.db`, WAL, `synchronous=FULL`), no server.
+//! `STORAGE=embedded`: an SQLite file (`DATA_DIR/chat.db`, WAL, `synchronous=FULL`) and a
+//! journal (`DATA_DIR/chat.journal`), no server.
 //!
 //! Writes go through the group-commit writer (`store::batch`), run on an OS thread of its own
-//! (`Writes::start_thread`) that owns the only connection that writes (rusqlite, on the same
-//! SQLite library sqlx links): it takes every queued write at once, applies them with cached
-//! prepared statements in one `BEGIN IMMEDIATE .. COMMIT`, so one fsync covers the whole batch,
-//! and answers each caller only after that commit. A write costs its caller one queue send and
-//! one reply; no tokio task or sqlx worker thread sits between the queue and SQLite. Reads use
-//! a small sqlx pool of separate read-only connections, which WAL lets run beside the writer.
+//! (`Writes::start_thread`): it takes every queued write at once. A batch of plain sends is
+//! written to the journal as one record and flushed (one `fdatasync`), and each sender is
+//! answered then; the apply thread writes the records into SQLite later, many per transaction
+//! (`apply.rs`), and records the last one applied in the same transaction, so that at open the
+//! records a crash left unapplied are written first (`journal.rs`). Any other write (edits,
+//! rooms, read markers, ...) is committed by the apply thread at once, after the records
+//! before it, while the writer waits. Reads use a small sqlx pool of separate read-only
+//! connections, which WAL lets run beside the writer; a read first waits until the records
+//! flushed so far are in SQLite (`caught_up`: at once when they are), so it sees every
+//! acknowledged send.
 //!
 //! Outbox: with `OutboxConfig`, the writer writes the `outbox` row in the same transaction as
 //! the message (so the group commit covers both with one fsync). The writer is the only
@@ -17,8 +22,10 @@
 //! - `mod.rs`: [`EmbeddedStore`]: opening (connections, pragmas, writer and checkpointer) and
 //!   the `MessageStore` impl, which queues writes and hands reads to `reads` / `outbox`.
 //! - `schema.rs`: the tables and indexes, created at open.
-//! - `writes.rs`: the writer: its connection, the batch's transaction, appends, room creation,
-//!   members.
+//! - `writes.rs`: the writer thread (sends into the journal, other writes handed on), and the
+//!   SQL of the batch's transaction: appends, room creation, members.
+//! - `journal.rs`: the journal file: records, their flush, the scan at open.
+//! - `apply.rs`: the apply thread, the only connection that writes SQLite.
 //! - `reads.rs`: history, `after`, rooms (with unread counts), one message, the change log
 //!   since a message, read receipts.
 //! - `lifecycle.rs`: the writer's side of SPEC 10: edits, deletes, reactions, the change
@@ -27,7 +34,9 @@
 //! - `scan.rs`: the operator's scans (every room id, a room's first messages, counts).
 //! - `checkpoint.rs`: the checkpointer thread that keeps the WAL short beside the writer.
 
+mod apply;
 mod checkpoint;
+mod journal;
 mod lifecycle;
 mod outbox;
 mod reads;
@@ -58,7 +67,13 @@ pub struct EmbeddedStore {
     writes: Writes<Write>,
     reads: SqlitePool,
     outbox: Arc<OutboxState>,
+    /// The journal's progress: a read first waits for the flushed records (`caught_up`).
+    progress: Arc<apply::Progress>,
+    apply: std::sync::mpsc::Sender<apply::ToApply>,
 }
+
+/// Longest a read waits for the journal's records to reach SQLite before it is refused.
+const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// SQLite's primary result codes (the low byte of an extended code) that mean the storage is
 /// unavailable: SQLITE_READONLY 8, SQLITE_IOERR 10, SQLITE_FULL 13, SQLITE_CANTOPEN 14.
@@ -126,9 +141,10 @@ fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-/// The writer's commit window by default, µs (`EMBEDDED_COMMIT_WINDOW_US`; BENCHMARKS.md,
-/// "The durable write: a commit window, and the floor").
-pub const DEFAULT_COMMIT_WINDOW_US: u64 = 300;
+/// The writer's commit window by default, µs (`EMBEDDED_COMMIT_WINDOW_US`): none. Since the
+/// journal, a send's durable write is one small flush, and holding batches open for it cost
+/// more CPU and latency than it saved (BENCHMARKS.md, "The journal").
+pub const DEFAULT_COMMIT_WINDOW_US: u64 = 0;
 
 impl EmbeddedStore {
     /// Opens (creating if needed) `dir/chat.db` without the outbox and starts the writer.
@@ -158,16 +174,18 @@ impl EmbeddedStore {
         // The writer's connection (WAL, `synchronous=FULL`) creates the file and the schema
         // before any reader opens it. Opening blocks for a few milliseconds (file, pragmas,
         // schema): on the blocking pool, not on a runtime worker.
-        let (writer, checkpointer, pending) = {
-            let file = file.clone();
+        let (writer, checkpointer, pending, journal, reader) = {
+            let (file, dir) = (file.clone(), dir.to_path_buf());
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let writer = writes::open(&file).map_err(|e| {
                     StoreError::Unavailable(format!("cannot open {}: {e}", file.display()))
                 })?;
                 schema::create(&writer)?;
+                let journal = recover(&writer, &dir)?;
                 let pending = outbox::count(&writer)?;
                 let checkpointer = checkpoint::open(&file).map_err(sqlite_error)?;
-                Ok((writer, checkpointer, pending))
+                let reader = writes::open(&file).map_err(sqlite_error)?;
+                Ok((writer, checkpointer, pending, journal, reader))
             })
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))??
@@ -187,15 +205,82 @@ impl EmbeddedStore {
         let outbox = OutboxState::new(outbox, pending);
         let checkpoints = checkpoint::Checkpoints::start(checkpointer)
             .map_err(|e| StoreError::Internal(format!("cannot start the checkpointer: {e}")))?;
-        let writer = writes::Writer::new(writer, file, outbox.clone(), checkpoints);
+        let progress = apply::Progress::new(journal.last);
+        let (apply, to_apply) = std::sync::mpsc::channel();
+        let applier = apply::Applier::new(
+            writer,
+            file.clone(),
+            outbox.clone(),
+            checkpoints,
+            progress.clone(),
+        );
+        let thread = applier
+            .start(to_apply)
+            .map_err(|e| StoreError::Internal(format!("cannot start the apply thread: {e}")))?;
+        let writer = writes::Writer::new(
+            reader,
+            file,
+            journal,
+            outbox.clone(),
+            progress.clone(),
+            apply.clone(),
+            thread,
+        );
         let writes = Writes::start_thread(writer, "embedded-writer", window)
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             writes,
             reads,
             outbox,
+            progress,
+            apply,
         })
     }
+
+    /// Waits until the records flushed so far are in SQLite (at once when they are): a read
+    /// sees every acknowledged send.
+    async fn caught_up(&self) -> Result<(), StoreError> {
+        if self.progress.caught_up() {
+            return Ok(());
+        }
+        let target = self.progress.written.load(Ordering::Acquire);
+        let mut applied = self.progress.applied.subscribe();
+        let _ = self.apply.send(apply::ToApply::Flush);
+        match tokio::time::timeout(CATCH_UP, applied.wait_for(|a| *a >= target)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                self.progress.failing.lock().clone().unwrap_or_else(|| {
+                    "the embedded store's journal is not yet written into SQLite".into()
+                }),
+            )),
+        }
+    }
+}
+
+/// Opens the journal and writes into SQLite the records a crash left unapplied (one
+/// transaction), before anything else runs.
+fn recover(conn: &rusqlite::Connection, dir: &Path) -> Result<journal::Journal, StoreError> {
+    let applied = journal::applied(conn)?;
+    let (journal, records) = journal::Journal::open(dir, applied).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open the journal in {}: {e}", dir.display()))
+    })?;
+    if !records.is_empty() {
+        let messages: usize = records.iter().map(|r| r.messages.len()).sum();
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(sqlite_error)?;
+        let written = apply::write_records(conn, &records)
+            .and_then(|_| conn.execute_batch("COMMIT").map_err(sqlite_error));
+        if let Err(e) = written {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        tracing::info!(
+            records = records.len(),
+            messages,
+            "embedded store: wrote the journal's unapplied records into SQLite"
+        );
+    }
+    Ok(journal)
 }
 
 #[async_trait]
@@ -214,6 +299,7 @@ impl MessageStore for EmbeddedStore {
         limit: usize,
         before: Option<&MessageId>,
     ) -> Result<Vec<Message>, StoreError> {
+        self.caught_up().await?;
         reads::history(&self.reads, room, limit, before).await
     }
 
@@ -223,10 +309,12 @@ impl MessageStore for EmbeddedStore {
         after: &MessageId,
         limit: usize,
     ) -> Result<Option<Vec<Message>>, StoreError> {
+        self.caught_up().await?;
         reads::after(&self.reads, room, after, limit).await
     }
 
     async fn get_room(&self, room: &RoomId) -> Result<Option<Room>, StoreError> {
+        self.caught_up().await?;
         reads::room(&self.reads, room.as_str()).await
     }
 
@@ -239,6 +327,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn rooms_of(&self, user: &UserId) -> Result<Vec<Room>, StoreError> {
+        self.caught_up().await?;
         reads::rooms_of(&self.reads, user).await
     }
 
@@ -247,6 +336,7 @@ impl MessageStore for EmbeddedStore {
         room: &RoomId,
         id: &MessageId,
     ) -> Result<Option<Message>, StoreError> {
+        self.caught_up().await?;
         reads::message(&self.reads, room, id).await
     }
 
@@ -260,6 +350,7 @@ impl MessageStore for EmbeddedStore {
         since: &MessageId,
         limit: usize,
     ) -> Result<Option<Vec<RoomEvent>>, StoreError> {
+        self.caught_up().await?;
         reads::changes_since(&self.reads, room, since, limit).await
     }
 
@@ -268,10 +359,12 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn receipts(&self, room: &RoomId) -> Result<Vec<ReadMarker>, StoreError> {
+        self.caught_up().await?;
         reads::receipts(&self.reads, room).await
     }
 
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.caught_up().await?;
         outbox::pending(&self.reads, limit).await
     }
 
@@ -308,6 +401,7 @@ impl MessageStore for EmbeddedStore {
         after: Option<&RoomId>,
         limit: usize,
     ) -> Result<Vec<RoomId>, StoreError> {
+        self.caught_up().await?;
         scan::room_ids(&self.reads, after, limit).await
     }
 
@@ -317,10 +411,12 @@ impl MessageStore for EmbeddedStore {
         after: Option<&MessageId>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
+        self.caught_up().await?;
         reads::scan(&self.reads, room, after, limit).await
     }
 
     async fn count(&self, room: &RoomId) -> Result<u64, StoreError> {
+        self.caught_up().await?;
         reads::count(&self.reads, room).await
     }
 }

@@ -85,6 +85,11 @@ const SCHEMA: &[&str] = &[
         at INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS message_changes_room ON message_changes(room_id, at)",
+    // The last journal record written into the tables above (`journal.rs`).
+    "CREATE TABLE IF NOT EXISTS journal_state (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        applied INTEGER NOT NULL
+    )",
 ];
 
 /// Columns added after the first schema: `(table, column, definition)`.

@@ -1,9 +1,15 @@
-//! The embedded store's writer: an OS thread of its own (`Writes::start_thread`) that owns the
-//! only connection that writes (rusqlite, on the same SQLite library sqlx links). Each batch
-//! is one `BEGIN IMMEDIATE .. COMMIT` (one fsync of the WAL, `synchronous=FULL`) made of
-//! prepared statements kept in the connection's cache, one execution per row: the idempotency
-//! lookup, the messages (in batch order, so `seq` follows it), each room's `lastMessage`, the
-//! outbox entries. Then the checkpointer is told.
+//! The embedded store's writes: the writer thread (`Writes::start_thread`, `Writer` below) and
+//! the SQL every write runs (the batch's transaction, appends, room creation, members), which
+//! the apply thread (`apply.rs`) executes on the only connection that writes (rusqlite, on
+//! the same SQLite library sqlx links).
+//!
+//! A batch of plain sends is durable when its journal record is flushed (`journal.rs`: one
+//! `pwrite` + `fdatasync` of a preallocated file), and is answered then; SQLite gets it later,
+//! with other records, in one transaction of the apply thread. Any other batch is one
+//! `BEGIN IMMEDIATE .. COMMIT` (`synchronous=FULL`) of the apply thread, after the records
+//! before it. The statements are prepared once and kept in the connection's cache, one
+//! execution per row: the idempotency lookup, the messages (in order, so `seq` follows it),
+//! each room's `lastMessage`, the outbox entries.
 //!
 //! The statements run on this thread, in this process's memory: a row costs a few
 //! microseconds, so there is no need to pack a run into one statement (the sqlx writer this
@@ -13,16 +19,22 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::checkpoint::Checkpoints;
+use super::apply::{Progress, ToApply};
+use super::journal::{self, Journal, Record};
 use super::{Fields, lifecycle, outbox, sqlite_error};
-use crate::domain::{Message, MessageChange, NewRoom, ReadMarker, Room, RoomId, UserId, now_ms};
+use crate::domain::{
+    ChangeKind, Message, MessageChange, NewRoom, ReadMarker, Room, RoomId, UserId, now_ms,
+};
 use crate::store::batch::{
     Answers, AppendRun, ApplyBatch, Failing, OutboxCount, OutboxState, Reply, Transaction, Write,
-    apply_in_order, conclude, newest_per_room, refuse,
+    caller_error, conclude, newest_per_room, refuse,
 };
 use crate::store::rows::{
     message_columns, message_from_row, room_columns, room_from_row, user_ids,
@@ -61,32 +73,190 @@ pub(super) fn open(file: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// What the writer owns: the only connection that writes.
+/// The writer thread (`embedded-writer`, the batch writer's thread): it owns the queue and
+/// the journal. A batch of plain sends is sorted against the stored idempotency keys (SQLite,
+/// read on this thread's own connection, and the keys of records not yet in SQLite), written
+/// to the journal as one record, flushed, and answered; the record then goes to the apply
+/// thread. Any other batch goes to the apply thread, which commits it after the records
+/// before it while this thread waits, so every write keeps the queue's order.
 pub(super) struct Writer {
-    /// `None` after a failed batch: the connection is closed (SQLite rolls back whatever the
-    /// failed transaction left open, e.g. after a `COMMIT` refused on a full disk) and the
-    /// next batch opens a fresh one, so no batch ever runs inside a transaction left over.
+    /// For the idempotency lookups; `None` after a failure (opened again at the next batch).
     conn: Option<Connection>,
     file: PathBuf,
+    journal: Journal,
+    /// Sends with a `clientMessageId` whose records are not in SQLite yet: key, record.
+    unapplied: HashMap<Key, (u64, Message)>,
     outbox: Arc<OutboxState>,
-    checkpoints: Checkpoints,
     failing: Failing,
+    progress: Arc<Progress>,
+    apply: Option<Sender<ToApply>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Writer {
     pub(super) fn new(
         conn: Connection,
         file: PathBuf,
+        journal: Journal,
         outbox: Arc<OutboxState>,
-        checkpoints: Checkpoints,
+        progress: Arc<Progress>,
+        apply: Sender<ToApply>,
+        thread: JoinHandle<()>,
     ) -> Self {
         Self {
             conn: Some(conn),
             file,
+            journal,
+            unapplied: HashMap::new(),
             outbox,
-            checkpoints,
             failing: Failing::default(),
+            progress,
+            apply: Some(apply),
+            thread: Some(thread),
         }
+    }
+
+    /// Hands `ops` to the apply thread and waits until it has answered them.
+    fn through_sqlite(&mut self, ops: Vec<Write>) {
+        let (done, answered) = std::sync::mpsc::sync_channel(1);
+        let Some(apply) = &self.apply else {
+            refuse(
+                ops,
+                &StoreError::Unavailable("embedded store is closed".into()),
+            );
+            return;
+        };
+        match apply.send(ToApply::Batch(ops, done)) {
+            Ok(()) => {
+                let _ = answered.recv();
+            }
+            Err(std::sync::mpsc::SendError(ToApply::Batch(ops, _))) => {
+                refuse(
+                    ops,
+                    &StoreError::Unavailable("embedded store is closed".into()),
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A batch of plain sends: journaled, flushed, answered.
+    fn journaled(&mut self, appends: Vec<(Message, Reply<Appended>)>) {
+        if let Some(why) = self.progress.failing.lock().clone() {
+            refuse_appends(appends, &StoreError::Unavailable(why));
+            return;
+        }
+        let applied = *self.progress.applied.borrow();
+        self.unapplied.retain(|_, (lsn, _)| *lsn > applied);
+        if applied >= self.journal.last && !self.journal.is_rewound() {
+            self.journal.rewind();
+        }
+        let conn = match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => open(&self.file).map_err(sqlite_error),
+        };
+        let known = conn.and_then(|conn| {
+            let known = stored_keys(&conn, &appends);
+            self.conn = known.is_ok().then_some(conn);
+            known
+        });
+        let mut known = match known {
+            Ok(known) => known,
+            Err(e) => {
+                self.failing.fail(Self::STORE, &e);
+                refuse_appends(appends, &e);
+                return;
+            }
+        };
+        for (m, _) in &appends {
+            if let Some(k) = key_of(m)
+                && let Some((_, record)) = self.unapplied.get(&k)
+            {
+                known.entry(k).or_insert_with(|| record.clone());
+            }
+        }
+        let mut count = self.outbox.count();
+        let mut answers = Answers::with_capacity(appends.len());
+        let run = AppendRun::sort(appends, known, &mut count, &mut answers);
+        let result = if run.fresh.is_empty() {
+            Ok(())
+        } else {
+            self.record(&run.fresh, count.enabled())
+        };
+        run.answer(&mut answers);
+        // The relay is woken by the apply thread, once the entries are in SQLite.
+        count.added = 0;
+        conclude(
+            Self::STORE,
+            result,
+            answers,
+            &self.outbox,
+            count,
+            &mut self.failing,
+        );
+    }
+
+    /// Writes and flushes the record of `fresh`, then hands it to the apply thread.
+    fn record(&mut self, fresh: &[Message], outbox: bool) -> Result<(), StoreError> {
+        let payload = journal::encode(fresh, outbox);
+        if !self.journal.fits(payload.len()) {
+            self.wait_applied()?;
+            self.journal.rewind();
+            if !self.journal.fits(payload.len()) {
+                // `apply` sends larger runs through SQLite: not reached.
+                return Err(StoreError::Internal("a journal record too large".into()));
+            }
+        }
+        let lsn = self
+            .journal
+            .append(&payload)
+            .map_err(|e| StoreError::Unavailable(format!("cannot write the journal: {e}")))?;
+        for m in fresh {
+            if let Some(k) = key_of(m) {
+                self.unapplied.insert(k, (lsn, m.clone()));
+            }
+        }
+        let record = Record {
+            lsn,
+            outbox,
+            messages: fresh.to_vec(),
+        };
+        if let Some(apply) = &self.apply {
+            let _ = apply.send(ToApply::Record(record));
+        }
+        // After the record is on the apply thread's queue: a reader that sees this number
+        // asks for it after it.
+        self.progress.written.store(lsn, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits until every record written is in SQLite (the journal is full), or refuses.
+    fn wait_applied(&mut self) -> Result<(), StoreError> {
+        if let Some(apply) = &self.apply {
+            let _ = apply.send(ToApply::Flush);
+        }
+        let deadline = Instant::now() + JOURNAL_FULL_WAIT;
+        while *self.progress.applied.borrow() < self.journal.last {
+            if let Some(why) = self.progress.failing.lock().clone() {
+                return Err(StoreError::Unavailable(why));
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Unavailable(
+                    "the journal is full and not yet applied".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
+/// How long a send waits for the apply thread when the journal is full.
+const JOURNAL_FULL_WAIT: Duration = Duration::from_secs(5);
+
+fn refuse_appends(appends: Vec<(Message, Reply<Appended>)>, e: &StoreError) {
+    for (_, reply) in appends {
+        let _ = reply.send(Err(caller_error(e)));
     }
 }
 
@@ -97,58 +267,56 @@ impl ApplyBatch for Writer {
 
     // Runs on the writer thread (`block_on`): nothing here waits on the runtime.
     async fn apply(&mut self, ops: Vec<Write>) {
-        let mut conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => match open(&self.file) {
-                Ok(conn) => conn,
-                Err(e) => {
-                    let e = sqlite_error(e);
-                    self.failing.fail(Self::STORE, &e);
-                    refuse(ops, &e);
-                    return;
-                }
-            },
-        };
-        let mut answers = Answers::with_capacity(ops.len());
-        let mut count = self.outbox.count();
-        let result = async {
-            // Cached like every statement of the writer: not parsed again per batch.
-            conn.prepare_cached("BEGIN IMMEDIATE")
-                .and_then(|mut s| s.execute([]))
-                .map_err(sqlite_error)?;
-            apply_in_order(&mut Tx(&mut conn), ops, &mut count, &mut answers).await?;
-            conn.prepare_cached("COMMIT")
-                .and_then(|mut s| s.execute([]))
-                .map_err(sqlite_error)
-                .map(|_| ())
+        let mut size = 0;
+        let plain = ops.iter().all(|op| match op {
+            // At most what the record's JSON takes (a control character escapes to six
+            // bytes; ids and the name are short).
+            Write::Append(m, _) => {
+                size += 6 * m.message.as_str().len() + 512;
+                true
+            }
+            _ => false,
+        });
+        if !plain || size > journal::MAX_RECORD {
+            let deletes = ops.iter().any(
+                |op| matches!(op, Write::Change(c, _) if matches!(c.kind, ChangeKind::Delete)),
+            );
+            self.through_sqlite(ops);
+            // Every record is in SQLite now (unless that failed): the deleted text leaves
+            // the journal too.
+            if deletes
+                && *self.progress.applied.borrow() >= self.journal.last
+                && let Err(e) = self.journal.erase()
+            {
+                tracing::warn!(error = %e, "embedded store: cannot zero the journal after a delete");
+            }
+            return;
         }
-        .await;
-        let ok = result.is_ok();
-        conclude(
-            Self::STORE,
-            result,
-            answers,
-            &self.outbox,
-            count,
-            &mut self.failing,
-        );
-        if ok {
-            self.checkpoints.committed(&conn);
-            self.conn = Some(conn);
-        }
-        // Otherwise `conn` is dropped here: closing it rolls back the failed transaction.
+        let appends = ops
+            .into_iter()
+            .filter_map(|op| match op {
+                Write::Append(m, reply) => Some((m, reply)),
+                _ => None,
+            })
+            .collect();
+        self.journaled(appends);
     }
 
     async fn finish(mut self) {
-        self.checkpoints.stop();
-        // Closing the last connection checkpoints the whole WAL and removes it.
+        // The apply thread writes what it holds, checkpoints and stops.
+        if let Some(apply) = self.apply.take() {
+            let _ = apply.send(ToApply::Stop);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
         drop(self.conn.take());
     }
 }
 
 /// The writer's connection inside a batch's transaction. (`&mut`: the batch's future must be
 /// `Send`, and a shared `&Connection` is not.)
-struct Tx<'c>(&'c mut Connection);
+pub(super) struct Tx<'c>(pub(super) &'c mut Connection);
 
 /// The writes of one batch. The methods are `async` for the shared `apply_in_order`; they
 /// never wait.
@@ -264,7 +432,7 @@ fn stored_keys(
 
 /// New messages in batch order, then each room's newest of them as its `lastMessage` (an
 /// unknown room becomes an open group).
-fn insert_messages(conn: &Connection, fresh: &[Message]) -> rusqlite::Result<()> {
+pub(super) fn insert_messages(conn: &Connection, fresh: &[Message]) -> rusqlite::Result<()> {
     let now = now_ms() as i64;
     let mut insert = conn.prepare_cached(
         "INSERT INTO messages (message_id, room_id, user_id, username, message, message_type,

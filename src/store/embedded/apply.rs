@@ -1,0 +1,290 @@
+//! The embedded store's apply thread (`embedded-apply`): the only connection that writes
+//! SQLite. It takes what the writer thread (`writes.rs`) hands it, in order:
+//!
+//! - journal records the writer flushed and already answered: held, then written into SQLite
+//!   together, with the last one's number (`journal_state.applied`) in the same transaction,
+//!   when `APPLY_EVERY` has passed since the first, when `APPLY_MAX` messages wait, when a
+//!   reader needs them (`Flush`) or before anything else;
+//! - any other batch of writes (edits, rooms, read markers, outbox marks, sends too large for
+//!   a record): committed at once, after the held records, in the same transaction (the writer
+//!   waits for it, so the order of every write stays the queue's).
+//!
+//! When a transaction fails (a full disk) the held records stay held (they are durable in the
+//! journal) and are tried again every `RETRY`; meanwhile `Progress::failing` makes the writer
+//! refuse sends, as the store always did while it could not write. The failure is logged once
+//! (`batch::Failing`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rusqlite::Connection;
+
+use super::checkpoint::Checkpoints;
+use super::journal::{self, Record};
+use super::writes::{self, Tx, insert_messages};
+use super::{outbox, sqlite_error};
+use crate::store::StoreError;
+use crate::store::batch::{
+    Answers, ApplyBatch, Failing, OutboxState, Write, apply_in_order, caller_error, conclude,
+    refuse,
+};
+
+/// Longest a flushed record waits before it is written into SQLite.
+const APPLY_EVERY: Duration = Duration::from_millis(10);
+/// Held messages that are written into SQLite at once.
+const APPLY_MAX: usize = 256;
+/// After a failed transaction, when the held records are tried again.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// What the writer thread hands the apply thread.
+pub(super) enum ToApply {
+    /// A journal record, flushed and answered.
+    Record(Record),
+    /// Writes to commit now, after every record before them; `done` once they are answered.
+    Batch(Vec<Write>, SyncSender<()>),
+    /// A reader waits for the records flushed so far.
+    Flush,
+    /// The writer stops: write what is held, then stop (the readers' handles keep the
+    /// channel open, so its end is not the signal).
+    Stop,
+}
+
+/// The journal's progress, shared by the writer, the apply thread and the readers.
+pub(super) struct Progress {
+    /// The last record flushed (its senders are answered, or about to be).
+    pub(super) written: AtomicU64,
+    /// The last record written into SQLite.
+    pub(super) applied: tokio::sync::watch::Sender<u64>,
+    /// While held records cannot be written into SQLite: why (the writer refuses sends).
+    pub(super) failing: Mutex<Option<String>>,
+}
+
+impl Progress {
+    pub(super) fn new(applied: u64) -> Arc<Self> {
+        Arc::new(Self {
+            written: AtomicU64::new(applied),
+            applied: tokio::sync::watch::Sender::new(applied),
+            failing: Mutex::new(None),
+        })
+    }
+
+    /// Whether every flushed record is in SQLite.
+    pub(super) fn caught_up(&self) -> bool {
+        *self.applied.borrow() >= self.written.load(Ordering::Acquire)
+    }
+}
+
+pub(super) struct Applier {
+    /// `None` after a failed transaction: the next one opens a fresh connection (closing the
+    /// old one rolls back whatever it left open).
+    conn: Option<Connection>,
+    file: PathBuf,
+    outbox: Arc<OutboxState>,
+    checkpoints: Checkpoints,
+    failing: Failing,
+    progress: Arc<Progress>,
+    held: Vec<Record>,
+    held_messages: usize,
+}
+
+impl Applier {
+    pub(super) fn new(
+        conn: Connection,
+        file: PathBuf,
+        outbox: Arc<OutboxState>,
+        checkpoints: Checkpoints,
+        progress: Arc<Progress>,
+    ) -> Self {
+        Self {
+            conn: Some(conn),
+            file,
+            outbox,
+            checkpoints,
+            failing: Failing::default(),
+            progress,
+            held: Vec::new(),
+            held_messages: 0,
+        }
+    }
+
+    /// Starts the apply thread; it stops at `ToApply::Stop` (or when every sender is gone),
+    /// after writing what it holds.
+    pub(super) fn start(self, rx: Receiver<ToApply>) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("embedded-apply".into())
+            .spawn(move || {
+                background();
+                self.run(&rx)
+            })
+    }
+
+    fn run(mut self, rx: &Receiver<ToApply>) {
+        // When the held records are to be written (`None`: nothing held).
+        let mut due: Option<Instant> = None;
+        loop {
+            let next = match due {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            due = match next {
+                Ok(ToApply::Record(record)) => {
+                    self.held_messages += record.messages.len();
+                    self.held.push(record);
+                    if self.held_messages >= APPLY_MAX {
+                        self.commit(Vec::new(), None)
+                    } else {
+                        due.or_else(|| Some(Instant::now() + APPLY_EVERY))
+                    }
+                }
+                Ok(ToApply::Flush) if self.held.is_empty() => due,
+                Ok(ToApply::Flush) | Err(RecvTimeoutError::Timeout) => {
+                    self.commit(Vec::new(), None)
+                }
+                Ok(ToApply::Batch(ops, done)) => self.commit(ops, Some(done)),
+                Ok(ToApply::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    if !self.held.is_empty() {
+                        self.commit(Vec::new(), None);
+                    }
+                    self.checkpoints.stop();
+                    // Closing the last connection checkpoints the whole WAL and removes it.
+                    drop(self.conn.take());
+                    return;
+                }
+            };
+        }
+    }
+
+    /// Writes the held records and `ops` in one transaction and answers `ops`' callers
+    /// (`done` after that). Returns when the held records are due again: `None` when written.
+    fn commit(&mut self, ops: Vec<Write>, done: Option<SyncSender<()>>) -> Option<Instant> {
+        let conn = match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => writes::open(&self.file).map_err(sqlite_error),
+        };
+        let (result, conn) = match conn {
+            Ok(mut conn) => {
+                let (result, outboxed) = self.transaction(&mut conn, ops);
+                if result.is_ok() && outboxed {
+                    self.outbox.signal.notify_one();
+                }
+                (result, Some(conn))
+            }
+            Err(e) => {
+                self.failing.fail(<writes::Writer as ApplyBatch>::STORE, &e);
+                refuse(ops, &e);
+                (Err(e), None)
+            }
+        };
+        let ok = result.is_ok();
+        if let Err(e) = &result
+            && !self.held.is_empty()
+        {
+            *self.progress.failing.lock() = Some(caller_error(e).to_string());
+        }
+        if ok {
+            if let Some(last) = self.held.last() {
+                self.progress.applied.send_replace(last.lsn);
+            }
+            self.held.clear();
+            self.held_messages = 0;
+            *self.progress.failing.lock() = None;
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+        match conn {
+            Some(conn) if ok => {
+                self.checkpoints.committed(&conn);
+                self.conn = Some(conn);
+            }
+            // Dropped: closing it rolls back the failed transaction.
+            _ => {}
+        }
+        (!self.held.is_empty()).then(|| Instant::now() + RETRY)
+    }
+
+    /// One `BEGIN IMMEDIATE .. COMMIT`: the held records, then `ops` (answered through
+    /// `conclude`). Returns its result and whether it wrote outbox entries of held records.
+    fn transaction(
+        &mut self,
+        conn: &mut Connection,
+        ops: Vec<Write>,
+    ) -> (Result<(), StoreError>, bool) {
+        let with_ops = !ops.is_empty();
+        let mut answers = Answers::with_capacity(ops.len());
+        let mut count = self.outbox.count();
+        let mut outboxed = false;
+        let held = &self.held;
+        let result = (|| {
+            // Cached like every statement of the writer: not parsed again per transaction.
+            conn.prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut s| s.execute([]))
+                .map_err(sqlite_error)?;
+            outboxed = write_records(conn, held)?;
+            futures::executor::block_on(apply_in_order(
+                &mut Tx(conn),
+                ops,
+                &mut count,
+                &mut answers,
+            ))?;
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map_err(sqlite_error)
+                .map(|_| ())
+        })();
+        if with_ops {
+            // The writer waits for this batch: the outbox count is this thread's to set.
+            let copy = result.as_ref().map(|_| ()).map_err(caller_error);
+            conclude(
+                <writes::Writer as ApplyBatch>::STORE,
+                copy,
+                answers,
+                &self.outbox,
+                count,
+                &mut self.failing,
+            );
+        } else {
+            match &result {
+                Ok(()) => self.failing.ok(<writes::Writer as ApplyBatch>::STORE),
+                Err(e) => self.failing.fail(<writes::Writer as ApplyBatch>::STORE, e),
+            }
+        }
+        (result, outboxed)
+    }
+}
+
+/// Lowers the calling thread's priority (`nice` +10; any process may): the apply thread and
+/// the checkpointer do work that no sender waits for, so on a busy core they yield it to the
+/// writer thread and the runtime, which are on the ack path.
+pub(super) fn background() {
+    let me = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(me), BACKGROUND_NICE) {
+        tracing::debug!(error = %e, "embedded store: cannot lower a background thread's priority");
+    }
+}
+
+/// The `nice` value of the embedded store's background threads.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Writes `records` into SQLite (inside a transaction) and records the last one as applied;
+/// returns whether any of them wrote outbox entries. Also used at open, for the records a
+/// crash left unapplied.
+pub(super) fn write_records(conn: &Connection, records: &[Record]) -> Result<bool, StoreError> {
+    let mut outboxed = false;
+    for record in records {
+        insert_messages(conn, &record.messages).map_err(sqlite_error)?;
+        if record.outbox {
+            outbox::insert_all(conn, &record.messages)?;
+            outboxed = true;
+        }
+    }
+    if let Some(last) = records.last() {
+        journal::set_applied(conn, last.lsn).map_err(sqlite_error)?;
+    }
+    Ok(outboxed)
+}

@@ -1,0 +1,431 @@
+//! The embedded store's journal (`DATA_DIR/chat.journal`): the durable write of a run of plain
+//! sends. The writer thread appends one record per run (`pwrite` into a preallocated file, then
+//! `fdatasync`) and answers the senders; the apply thread (`apply.rs`) writes the same messages
+//! into SQLite later, in larger transactions, and records the highest record it applied
+//! (`journal_state.applied`) in the same transaction as the messages. At open, the records
+//! beyond it are applied before anything else runs (`recover`).
+//!
+//! # Format
+//! A record is a 24-byte header (`MAGIC`, the record's sequence number `lsn`, the payload's
+//! length, the payload's FNV-1a 64 hash) and the payload: JSON, `{"o":<outbox>,"m":[row,..]}`,
+//! each row the message's columns as `store::rows::message_from_row` reads them.
+//!
+//! # Reuse
+//! The file is written from its start again once every record in it is applied (the writer
+//! sees the apply thread's `applied` reach its last record). A scan at open reads records from
+//! the start while their headers and hashes hold: records of an earlier pass that the new one
+//! has not overwritten carry older sequence numbers, all applied, so they are skipped, and a
+//! record newer than the next expected one ends the scan. A record is written only after the
+//! one before it was flushed, so a torn record is the last one and was never acknowledged.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::sqlite_error;
+use crate::domain::Message;
+use crate::store::StoreError;
+use crate::store::rows::{Columns, message_from_row};
+
+/// The journal's name in `DATA_DIR`.
+pub(super) const FILE: &str = "chat.journal";
+/// The journal's size, written with zeros when created: a flush then writes data only (no
+/// block allocation, no file-size change for `fdatasync` to carry).
+pub(super) const SIZE: u64 = 4 * 1024 * 1024;
+/// A run of sends whose record could be larger than this (bytes, estimated from the texts) is
+/// committed to SQLite directly; a record always fits the file.
+pub(super) const MAX_RECORD: usize = 1024 * 1024;
+const MAGIC: u32 = 0x4a52_4e31; // "JRN1"
+const HEADER: usize = 24;
+
+/// The writer's end: where the next record goes.
+pub(super) struct Journal {
+    file: File,
+    offset: u64,
+    /// The last record written (its `lsn`); the next one is `last + 1`.
+    pub(super) last: u64,
+    /// How far records may lie since the last `erase` (the whole file after open).
+    high: u64,
+}
+
+/// A record read back: its messages and whether they carry outbox entries.
+pub(super) struct Record {
+    pub(super) lsn: u64,
+    pub(super) outbox: bool,
+    pub(super) messages: Vec<Message>,
+}
+
+impl Journal {
+    /// Opens `dir/chat.journal` (created and zero-filled when missing or of another size) and
+    /// returns it with the records that `applied` (SQLite's `journal_state`) does not cover,
+    /// in order. The next record is written at the file's start, numbered after them.
+    pub(super) fn open(dir: &Path, applied: u64) -> std::io::Result<(Self, Vec<Record>)> {
+        let path = dir.join(FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let records = if file.metadata()?.len() == SIZE {
+            scan(&file, applied)?
+        } else {
+            Vec::new()
+        };
+        if file.metadata()?.len() != SIZE {
+            fill(&file)?;
+        }
+        let last = records.last().map_or(applied, |r| r.lsn);
+        Ok((
+            Self {
+                file,
+                offset: 0,
+                last,
+                high: SIZE,
+            },
+            records,
+        ))
+    }
+
+    /// Whether a record of `len` payload bytes fits after the last one.
+    pub(super) fn fits(&self, len: usize) -> bool {
+        self.offset + (HEADER + len) as u64 <= SIZE
+    }
+
+    /// Writes from the file's start again (every record in it is applied).
+    pub(super) fn rewind(&mut self) {
+        self.offset = 0;
+    }
+
+    /// Whether the file holds records since the last `rewind`.
+    pub(super) fn is_rewound(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// Appends the record `last + 1` of `messages` and flushes it; returns its `lsn`. The
+    /// caller checked `fits`. On an error nothing may be acknowledged: the record may or may
+    /// not be on disk (a retry of a send with a `clientMessageId` finds it either way).
+    pub(super) fn append(&mut self, payload: &[u8]) -> std::io::Result<u64> {
+        let lsn = self.last + 1;
+        let mut buf = Vec::with_capacity(HEADER + payload.len());
+        buf.extend_from_slice(&MAGIC.to_le_bytes());
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&lsn.to_le_bytes());
+        buf.extend_from_slice(&fnv1a(payload).to_le_bytes());
+        buf.extend_from_slice(payload);
+        self.file.write_all_at(&buf, self.offset)?;
+        self.file.sync_data()?;
+        self.offset += buf.len() as u64;
+        self.high = self.high.max(self.offset);
+        self.last = lsn;
+        Ok(lsn)
+    }
+
+    /// Zeroes every record (all applied) and flushes the zeros: a deleted message's text
+    /// leaves the journal as it leaves SQLite's rows.
+    pub(super) fn erase(&mut self) -> std::io::Result<()> {
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = 0;
+        while at < self.high {
+            let n = (self.high - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_data()?;
+        self.offset = 0;
+        self.high = 0;
+        Ok(())
+    }
+}
+
+/// The payload of a record of `messages`.
+pub(super) fn encode(messages: &[Message], outbox: bool) -> Vec<u8> {
+    let rows: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            serde_json::json!([
+                m.message_id.as_str(),
+                m.room_id.as_str(),
+                m.user_id.as_str(),
+                m.username.as_str(),
+                m.message.as_str(),
+                m.message_type.as_str(),
+                m.timestamp,
+                m.client_message_id.as_ref().map(|c| c.as_str()),
+                m.reply_to.as_ref().map(|r| r.as_str()),
+                Value::Null,
+                Value::Null,
+            ])
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "o": outbox, "m": rows }))
+        .expect("a JSON value always encodes")
+}
+
+fn decode(lsn: u64, payload: &[u8]) -> Result<Record, StoreError> {
+    let corrupt = |what: &str| StoreError::Internal(format!("journal record {lsn}: {what}"));
+    let v: Value = serde_json::from_slice(payload).map_err(|e| corrupt(&e.to_string()))?;
+    let outbox = v["o"].as_bool().ok_or_else(|| corrupt("no outbox flag"))?;
+    let rows = v["m"].as_array().ok_or_else(|| corrupt("no messages"))?;
+    let messages = rows
+        .iter()
+        .map(|row| {
+            let cols = row
+                .as_array()
+                .ok_or_else(|| corrupt("a row is not an array"))?;
+            message_from_row(&JsonRow(cols))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Record {
+        lsn,
+        outbox,
+        messages,
+    })
+}
+
+/// A record's row as the shared row decoder reads it.
+struct JsonRow<'a>(&'a [Value]);
+
+impl JsonRow<'_> {
+    fn col(&self, i: usize) -> &Value {
+        self.0.get(i).unwrap_or(&Value::Null)
+    }
+}
+
+impl Columns for JsonRow<'_> {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.maybe_text(i)?
+            .ok_or_else(|| StoreError::Internal(format!("journal row: column {i} is not text")))
+    }
+
+    fn maybe_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.col(i).as_str().map(str::to_string))
+    }
+
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.maybe_int(i)?
+            .ok_or_else(|| StoreError::Internal(format!("journal row: column {i} is not a number")))
+    }
+
+    fn maybe_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.col(i).as_i64())
+    }
+
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        Ok(self.col(i).as_bool().unwrap_or(false))
+    }
+}
+
+/// The records after `applied`, read from the start of `file` (see "Reuse" above).
+fn scan(file: &File, applied: u64) -> std::io::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let mut offset = 0u64;
+    let mut header = [0u8; HEADER];
+    let mut next = applied + 1;
+    while offset + HEADER as u64 <= SIZE {
+        file.read_exact_at(&mut header, offset)?;
+        let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
+        let long = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap());
+        let (len, lsn, hash) = (word(4) as u64, long(8), long(16));
+        if word(0) != MAGIC || offset + HEADER as u64 + len > SIZE {
+            break;
+        }
+        let mut payload = vec![0u8; len as usize];
+        file.read_exact_at(&mut payload, offset + HEADER as u64)?;
+        if fnv1a(&payload) != hash || lsn > next {
+            break;
+        }
+        if lsn == next {
+            match decode(lsn, &payload) {
+                Ok(record) => records.push(record),
+                Err(e) => {
+                    tracing::error!(error = %e, "embedded store: a journal record cannot be read; the journal ends before it");
+                    break;
+                }
+            }
+            next += 1;
+        }
+        offset += HEADER as u64 + len;
+    }
+    Ok(records)
+}
+
+/// Zero-fills `file` to `SIZE`.
+fn fill(file: &File) -> std::io::Result<()> {
+    file.set_len(0)?;
+    let zeros = vec![0u8; 256 * 1024];
+    let mut at = 0;
+    while at < SIZE {
+        file.write_all_at(&zeros, at)?;
+        at += zeros.len() as u64;
+    }
+    file.sync_all()
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The last record applied to SQLite (0: none).
+pub(super) fn applied(conn: &Connection) -> Result<u64, StoreError> {
+    let applied: Option<i64> = conn
+        .query_row("SELECT applied FROM journal_state WHERE id = 0", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sqlite_error)?;
+    Ok(applied.unwrap_or(0) as u64)
+}
+
+/// Records `lsn` as applied (inside the transaction that applied it).
+pub(super) fn set_applied(conn: &Connection, lsn: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO journal_state (id, applied) VALUES (0, ?1)
+         ON CONFLICT(id) DO UPDATE SET applied = excluded.applied",
+    )?
+    .execute(params![lsn as i64])
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MessageBody, MessageId, MessageType, RoomId, UserId, Username};
+
+    fn id(n: u32) -> String {
+        format!("{n:024x}")
+    }
+
+    fn message(n: u32) -> Message {
+        Message {
+            message_id: MessageId::parse(&id(n)).unwrap(),
+            room_id: RoomId::parse("r1").unwrap(),
+            user_id: UserId::parse("u1").unwrap(),
+            username: Username::parse("Ann").unwrap(),
+            message: MessageBody::from_stored(format!("text {n} \"quoted\" é")),
+            message_type: MessageType::parse_stored("text").unwrap(),
+            timestamp: 1_700_000_000_000 + u64::from(n),
+            client_message_id: None,
+            reply_to: (n > 1).then(|| MessageId::parse(&id(1)).unwrap()),
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            rev: 0,
+        }
+    }
+
+    fn ids(records: &[Record]) -> Vec<(u64, Vec<String>)> {
+        records
+            .iter()
+            .map(|r| {
+                let ids = r
+                    .messages
+                    .iter()
+                    .map(|m| m.message_id.as_str().to_string())
+                    .collect();
+                (r.lsn, ids)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_after_the_applied_one_come_back_in_order_and_a_torn_one_ends_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, none) = Journal::open(dir.path(), 0).unwrap();
+        assert!(none.is_empty());
+        for n in 1..=3 {
+            j.append(&encode(&[message(n)], n == 2)).unwrap();
+        }
+        drop(j);
+        let (_, records) = Journal::open(dir.path(), 1).unwrap();
+        assert_eq!(ids(&records), [(2, vec![id(2)]), (3, vec![id(3)])]);
+        assert!(records[0].outbox && !records[1].outbox);
+        let m = &records[0].messages[0];
+        assert_eq!(m.message.as_str(), "text 2 \"quoted\" é");
+        assert_eq!(m.reply_to.as_ref().unwrap().as_str(), id(1));
+        assert_eq!(m.timestamp, 1_700_000_000_002);
+
+        // A torn third record (its last byte never reached the disk): the scan stops before it.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join(FILE))
+            .unwrap();
+        let mut at = 0u64;
+        for _ in 0..2 {
+            let mut h = [0u8; HEADER];
+            file.read_exact_at(&mut h, at).unwrap();
+            at += HEADER as u64 + u64::from(u32::from_le_bytes(h[4..8].try_into().unwrap()));
+        }
+        let mut h = [0u8; HEADER];
+        file.read_exact_at(&mut h, at).unwrap();
+        let end = at + HEADER as u64 + u64::from(u32::from_le_bytes(h[4..8].try_into().unwrap()));
+        file.write_all_at(b"#", end - 1).unwrap();
+        let (_, records) = Journal::open(dir.path(), 0).unwrap();
+        assert_eq!(
+            ids(&records).iter().map(|r| r.0).collect::<Vec<_>>(),
+            [1, 2]
+        );
+    }
+
+    #[test]
+    fn a_rewound_journal_skips_what_an_earlier_pass_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap();
+        // First pass: records 1..=4, all applied; the second pass writes 5 over the start.
+        for n in 1..=4 {
+            j.append(&encode(&[message(n), message(n + 100)], false))
+                .unwrap();
+        }
+        j.rewind();
+        assert!(j.is_rewound());
+        j.append(&encode(&[message(5)], false)).unwrap();
+        drop(j);
+        let (j, records) = Journal::open(dir.path(), 4).unwrap();
+        assert_eq!(ids(&records), [(5, vec![id(5)])]);
+        assert_eq!(j.last, 5);
+        // With 5 applied too, nothing is left: the earlier pass's records are older.
+        let (j, records) = Journal::open(dir.path(), 5).unwrap();
+        assert!(records.is_empty());
+        assert_eq!(j.last, 5);
+    }
+
+    /// A crash after the flush and before the apply: the records come back at open, into
+    /// SQLite once (a second open finds them applied), with their outbox entries.
+    #[tokio::test]
+    async fn records_a_crash_left_unapplied_are_in_the_store_after_open_once() {
+        use crate::store::embedded::EmbeddedStore;
+        use crate::store::{MessageStore, OutboxConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Some(OutboxConfig { max_pending: 100 });
+        // The store's files exist (as after a first run); then two records are flushed and
+        // the process "dies" before its apply thread writes them.
+        EmbeddedStore::open_with(dir.path(), outbox)
+            .await
+            .unwrap()
+            .close()
+            .await;
+        let (mut j, none) = Journal::open(dir.path(), 0).unwrap();
+        assert!(none.is_empty());
+        j.append(&encode(&[message(1), message(2)], true)).unwrap();
+        j.append(&encode(&[message(3)], true)).unwrap();
+        drop(j);
+        let room = RoomId::parse("r1").unwrap();
+        for _ in 0..2 {
+            let store = EmbeddedStore::open_with(dir.path(), outbox).await.unwrap();
+            let history = store.history(&room, 10, None).await.unwrap();
+            let got: Vec<_> = history.iter().map(|m| m.message_id.as_str()).collect();
+            assert_eq!(got, [id(1), id(2), id(3)]);
+            assert_eq!(store.outbox_pending(10).await.unwrap().len(), 3);
+            store.close().await;
+        }
+    }
+}
