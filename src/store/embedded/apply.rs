@@ -184,7 +184,11 @@ impl Applier {
         if let Err(e) = &result
             && !self.held.is_empty()
         {
-            *self.progress.failing.lock() = Some(caller_error(e).to_string());
+            let why = match e {
+                StoreError::Unavailable(why) => why.clone(),
+                other => other.to_string(),
+            };
+            *self.progress.failing.lock() = Some(why);
         }
         if ok {
             if let Some(last) = self.held.last() {

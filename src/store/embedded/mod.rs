@@ -13,10 +13,11 @@
 //! flushed so far are in SQLite (`caught_up`: at once when they are), so it sees every
 //! acknowledged send.
 //!
-//! Outbox: with `OutboxConfig`, the writer writes the `outbox` row in the same transaction as
-//! the message (so the group commit covers both with one fsync). The writer is the only
-//! writer, so it keeps the pending count in memory (loaded at open): the `max_pending` check
-//! costs no query, and `outbox_mark_sent` goes through the same queue.
+//! Outbox: with `OutboxConfig`, a send's journal record says so (one flush covers the message
+//! and its entry), and the apply thread writes the `outbox` row in the same transaction as the
+//! message, then wakes the relay. The writer thread is the only writer, so it keeps the
+//! pending count in memory (loaded at open): the `max_pending` check costs no query, and
+//! `outbox_mark_sent` goes through the same queue.
 //!
 //! # Map
 //! - `mod.rs`: [`EmbeddedStore`]: opening (connections, pragmas, writer and checkpointer) and
