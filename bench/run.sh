@@ -14,7 +14,7 @@
 # RUST_BIN=<a chat-service binary> measures that one as `rust` instead of this checkout's
 # release build (to compare two earlier commits with each other; chat-bench stays this one's).
 # RUST_ENV / BASE_ENV="VAR=value ..." add settings to the `rust` / `base` server's environment
-# (e.g. BASE_BIN=target/release/chat-service BASE_ENV=EMBEDDED_COMMIT_WINDOW_US=0 compares one
+# (e.g. BASE_BIN=target/release/chat-service BASE_ENV=EMBEDDED_COMMIT_WINDOW_US=300 compares one
 # setting of the same binary against another).
 # Results: bench/results/<scenario>-<server>-<run>.json and bench/results/<scenario>.md.
 #
