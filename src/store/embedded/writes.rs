@@ -34,7 +34,7 @@ use crate::domain::{
 };
 use crate::store::batch::{
     Answers, AppendRun, ApplyBatch, Failing, OutboxCount, OutboxState, Reply, Transaction, Write,
-    caller_error, conclude, newest_per_room, refuse,
+    conclude, newest_per_room, refuse,
 };
 use crate::store::rows::{
     message_columns, message_from_row, room_columns, room_from_row, user_ids,
@@ -118,24 +118,17 @@ impl Writer {
 
     /// Hands `ops` to the apply thread and waits until it has answered them.
     fn through_sqlite(&mut self, ops: Vec<Write>) {
+        let closed = || StoreError::Unavailable(format!("{} store is closed", Self::STORE));
         let (done, answered) = std::sync::mpsc::sync_channel(1);
         let Some(apply) = &self.apply else {
-            refuse(
-                ops,
-                &StoreError::Unavailable("embedded store is closed".into()),
-            );
+            refuse(ops, &closed());
             return;
         };
         match apply.send(ToApply::Batch(ops, done)) {
             Ok(()) => {
                 let _ = answered.recv();
             }
-            Err(std::sync::mpsc::SendError(ToApply::Batch(ops, _))) => {
-                refuse(
-                    ops,
-                    &StoreError::Unavailable("embedded store is closed".into()),
-                );
-            }
+            Err(std::sync::mpsc::SendError(ToApply::Batch(ops, _))) => refuse(ops, &closed()),
             Err(_) => {}
         }
     }
@@ -254,10 +247,15 @@ impl Writer {
 /// How long a send waits for the apply thread when the journal is full.
 const JOURNAL_FULL_WAIT: Duration = Duration::from_secs(5);
 
+/// Answers every send of a run with `e` (as `refuse` answers a batch).
 fn refuse_appends(appends: Vec<(Message, Reply<Appended>)>, e: &StoreError) {
-    for (_, reply) in appends {
-        let _ = reply.send(Err(caller_error(e)));
-    }
+    refuse(
+        appends
+            .into_iter()
+            .map(|(m, r)| Write::Append(m, r))
+            .collect(),
+        e,
+    );
 }
 
 impl ApplyBatch for Writer {
