@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 // Client -> server.
 pub const AUTHENTICATE: &str = "authenticate";
@@ -50,12 +51,13 @@ pub const ERROR: &str = "error";
 pub const FRAME_SLOTS: usize = 2;
 
 /// One event for one or many clients. Built once per broadcast and shared (`Arc`) by every
-/// recipient; each transport caches its encoding here (`encoded`), so a broadcast is
-/// serialized once per wire format and every recipient's frame shares the same bytes. `chat`
-/// does not know the formats: the transports own the slots and what they hold.
+/// recipient; its payload is serialized to JSON text once, when it is built, and each
+/// transport caches its frame here (`encoded`), so every recipient's frame shares the same
+/// bytes. `chat` does not know the formats: the transports own the slots and what they hold.
 pub struct ServerEvent {
     pub name: &'static str,
-    pub data: Value,
+    /// The payload's JSON text (serialized straight from the value: no `Value` tree).
+    pub data: Box<RawValue>,
     frames: [OnceLock<Box<dyn Any + Send + Sync>>; FRAME_SLOTS],
 }
 
@@ -70,15 +72,15 @@ impl std::fmt::Debug for ServerEvent {
 
 impl ServerEvent {
     pub fn new(name: &'static str, data: &impl Serialize) -> Self {
-        Self::from_value(name, serde_json::to_value(data).unwrap_or(Value::Null))
+        Self {
+            name,
+            data: raw_json(data).unwrap_or_else(|| RawValue::NULL.to_owned()),
+            frames: Default::default(),
+        }
     }
 
     pub fn from_value(name: &'static str, data: Value) -> Self {
-        Self {
-            name,
-            data,
-            frames: Default::default(),
-        }
+        Self::new(name, &data)
     }
 
     /// The encoding of `slot`'s wire format, made by `encode` the first time it is asked
@@ -93,6 +95,22 @@ impl ServerEvent {
             .downcast_ref::<T>()
             .expect("a frame slot holds one type")
     }
+}
+
+/// `value` as compact JSON text, serialized straight into one buffer; `None` when it cannot
+/// be (a map with keys that are not strings).
+pub fn raw_json(value: &impl Serialize) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).ok()
+}
+
+/// The concatenation of `parts` in one allocation of the exact size (a frame around a
+/// payload that is already JSON text).
+pub fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -21,10 +21,15 @@ pub mod socketio;
 pub mod websocket;
 pub mod ws;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::chat::{ChatError, ChatService, Session, wire};
 use dto::Inbound;
+
+/// The fields of a success ack: a JSON object's text (`{}` when none).
+pub type AckFields = Box<RawValue>;
 
 /// Runs one client event and returns the fields of its success ack; counts it by event and
 /// outcome (`chat_events_total`).
@@ -33,7 +38,7 @@ pub async fn dispatch(
     session: &mut Session,
     event: &str,
     data: Result<Value, String>,
-) -> Result<Value, ChatError> {
+) -> Result<AckFields, ChatError> {
     let result = run_event(chat, session, event, data).await;
     if let Err(e) = &result {
         // Every refusal at debug, with the connection's ids (the event name only when it is
@@ -57,7 +62,7 @@ async fn run_event(
     session: &mut Session,
     event: &str,
     data: Result<Value, String>,
-) -> Result<Value, ChatError> {
+) -> Result<AckFields, ChatError> {
     chat.admit_event(session)?;
     if session.identity().is_none()
         && event != wire::AUTHENTICATE
@@ -66,50 +71,55 @@ async fn run_event(
         return Err(ChatError::NotAuthenticated);
     }
     let data = data.map_err(|e| ChatError::InvalidPayload(format!("{event}: {e}")))?;
-    match dto::parse(event, data, chat.config())? {
+    Ok(match dto::parse(event, data, chat.config())? {
         Inbound::Authenticate(credentials) => {
             let me = chat.authenticate(session, credentials).await?;
-            Ok(json!({"userId": me.user_id, "username": me.username}))
+            fields(&json!({"userId": me.user_id, "username": me.username}))
         }
         Inbound::Join(cmd) => {
             let room = chat.join(session, cmd).await?;
-            Ok(json!({"roomId": room}))
+            fields(&json!({"roomId": room}))
         }
         Inbound::Leave(room) => {
             let room = chat.leave(session, room).await?;
-            Ok(json!({"roomId": room}))
+            fields(&json!({"roomId": room}))
         }
-        Inbound::Send(cmd) => {
-            let sent = chat.send(session, cmd).await?;
-            Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp}))
-        }
+        // `{"messageId", "timestamp"}`, serialized straight from the ack (the hot path).
+        Inbound::Send(cmd) => fields(&chat.send(session, cmd).await?),
         Inbound::Typing(cmd) => {
             chat.typing(session, cmd).await?;
-            Ok(json!({}))
+            fields(&json!({}))
         }
-        Inbound::Change(cmd) => {
-            let ack = chat.change_message(session, cmd).await?;
-            Ok(serde_json::to_value(ack).unwrap_or_default())
-        }
+        Inbound::Change(cmd) => fields(&chat.change_message(session, cmd).await?),
         Inbound::MarkRead(room, message) => {
             let marker = chat.mark_read(session, room, message).await?;
-            Ok(json!({"messageId": marker.message_id, "readAt": marker.read_at}))
+            fields(&json!({"messageId": marker.message_id, "readAt": marker.read_at}))
         }
-    }
+    })
 }
 
-/// The ack of a handled event: `{"success": true, ...fields}` or
+/// An ack's fields as JSON text; `{}` should they not serialize as an object.
+fn fields(value: &impl Serialize) -> AckFields {
+    wire::raw_json(value)
+        .filter(|raw| raw.get().starts_with('{'))
+        .unwrap_or_else(|| wire::raw_json(&json!({})).expect("an empty object serializes"))
+}
+
+/// The ack of a handled event, as JSON text: `{"success": true, ...fields}` or
 /// `{"success": false, "error": {"code", "message"}}`.
-pub fn ack_body(result: &Result<Value, ChatError>) -> Value {
+pub fn ack_body(result: &Result<AckFields, ChatError>) -> String {
     match result {
         Ok(fields) => {
-            let mut body = json!({"success": true});
-            if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
-                b.extend(f.iter().map(|(k, v)| (k.clone(), v.clone())));
+            // `fields` is an object's compact text (`fields`): its members follow `success`.
+            let members = &fields.get()[1..];
+            if members == "}" {
+                r#"{"success":true}"#.to_string()
+            } else {
+                wire::concat(&[r#"{"success":true,"#, members])
             }
-            body
         }
-        Err(e) => json!({"success": false, "error": {"code": e.code(), "message": e.to_string()}}),
+        Err(e) => json!({"success": false, "error": {"code": e.code(), "message": e.to_string()}})
+            .to_string(),
     }
 }
 
@@ -119,5 +129,35 @@ pub async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Sent;
+    use crate::domain::MessageId;
+
+    #[test]
+    fn ack_bodies_put_success_first_and_the_fields_after_it() {
+        let id = MessageId::generate(1_700_000_000_000);
+        let sent = Sent {
+            message_id: id.clone(),
+            timestamp: 1_700_000_000_000,
+        };
+        let body = ack_body(&Ok(fields(&sent)));
+        assert_eq!(
+            body,
+            format!(r#"{{"success":true,"messageId":"{id}","timestamp":1700000000000}}"#)
+        );
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed["messageId"], json!(id.to_string()));
+        assert_eq!(ack_body(&Ok(fields(&json!({})))), r#"{"success":true}"#);
+        // A value that is not an object (never sent; the old tree did the same) adds nothing.
+        assert_eq!(ack_body(&Ok(fields(&json!([1, 2])))), r#"{"success":true}"#);
+        let refused: Value =
+            serde_json::from_str(&ack_body(&Err(ChatError::NotAuthenticated))).unwrap();
+        assert_eq!(refused["success"], json!(false));
+        assert_eq!(refused["error"]["code"], json!("not_authenticated"));
     }
 }

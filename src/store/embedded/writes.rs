@@ -214,11 +214,13 @@ impl Writer {
             outbox,
             messages: fresh.to_vec(),
         };
-        if let Some(apply) = &self.apply {
-            let _ = apply.send(ToApply::Record(record));
+        if self.progress.hand_over(record)
+            && let Some(apply) = &self.apply
+        {
+            let _ = apply.send(ToApply::Records);
         }
-        // After the record is on the apply thread's queue: a reader that sees this number
-        // asks for it after it.
+        // After the record is handed over: a reader that sees this number asks for it after
+        // it.
         self.progress.written.store(lsn, Ordering::Release);
         Ok(())
     }

@@ -18,7 +18,7 @@ use crate::chat::conn::ClientSink;
 use crate::chat::wire::{self, ServerEvent};
 use crate::chat::{ChatError, ChatService, Deadline, Session};
 use crate::metrics::{CloseReason, Metrics};
-use crate::transport::{ack_body, dispatch};
+use crate::transport::{AckFields, ack_body, dispatch};
 
 /// Events a connection may have waiting; past this (or `MAX_PENDING_BYTES`) the session stops
 /// reading its carrier (backpressure) until the queue drains: a flooding client waits, it is
@@ -44,7 +44,7 @@ pub(super) enum Job {
 }
 
 pub(super) enum Outcome {
-    Event(Option<Value>, Result<Value, ChatError>),
+    Event(Option<Value>, Result<AckFields, ChatError>),
     Auth(Result<(), ChatError>),
     Left,
 }
@@ -144,7 +144,7 @@ impl<C: Codec> Conn<C> {
         ))));
     }
 
-    fn ack(&self, id: &Value, result: &Result<Value, ChatError>) {
+    fn ack(&self, id: &Value, result: &Result<AckFields, ChatError>) {
         self.queue(Out::Frame(C::ack_frame(id, &ack_body(result))));
     }
 

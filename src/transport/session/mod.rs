@@ -111,8 +111,8 @@ pub trait Codec: Sized + Send + 'static {
     fn ping() -> Out;
     /// An event's frame (cached in the event, so a broadcast is encoded once).
     fn event_frame(event: &ServerEvent) -> Utf8Bytes;
-    /// The answer to a client event that asked for one.
-    fn ack_frame(id: &Value, body: &Value) -> Utf8Bytes;
+    /// The answer to a client event that asked for one; `body` is JSON text (`ack_body`).
+    fn ack_frame(id: &Value, body: &str) -> Utf8Bytes;
     /// What a server-side close sends before the carrier closes (Socket.IO: `41`).
     fn disconnect_frame() -> Option<Utf8Bytes>;
     /// The reason of the WebSocket close frame.

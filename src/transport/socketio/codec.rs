@@ -26,7 +26,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 
 use super::handshake_credentials;
-use crate::chat::wire::ServerEvent;
+use crate::chat::wire::{ServerEvent, concat};
 use crate::transport::session::{Codec, Conn, Out, SIO_FRAME, SessionConfig, Step};
 
 /// Attachments one binary packet may announce.
@@ -199,13 +199,13 @@ impl Codec for SioCodec {
         // Event names are fixed ASCII identifiers (`chat::wire`): no escaping needed.
         event
             .encoded(SIO_FRAME, |e| {
-                Utf8Bytes::from(format!(r#"42["{}",{}]"#, e.name, e.data))
+                Utf8Bytes::from(concat(&["42[\"", e.name, "\",", e.data.get(), "]"]))
             })
             .clone()
     }
 
-    fn ack_frame(id: &Value, body: &Value) -> Utf8Bytes {
-        format!("43{id}[{body}]").into()
+    fn ack_frame(id: &Value, body: &str) -> Utf8Bytes {
+        concat(&["43", &id.to_string(), "[", body, "]"]).into()
     }
 
     fn disconnect_frame() -> Option<Utf8Bytes> {
@@ -442,6 +442,20 @@ mod tests {
         assert!(parse_event(r#"{"a":1}"#).is_err());
         assert!(parse_event("[]").is_err());
         assert!(parse_event(r#"["a",1"#).is_err());
+    }
+
+    #[test]
+    fn event_and_ack_frames() {
+        let ev = ServerEvent::new("new_message", &serde_json::json!({"text": "say \"hi\""}));
+        let frame = SioCodec::event_frame(&ev);
+        assert_eq!(frame.as_str(), r#"42["new_message",{"text":"say \"hi\""}]"#);
+        // Encoded once: the same bytes for every recipient.
+        assert_eq!(
+            SioCodec::event_frame(&ev).as_str().as_ptr(),
+            frame.as_str().as_ptr()
+        );
+        let ack = SioCodec::ack_frame(&Value::from(12), r#"{"success":true}"#);
+        assert_eq!(ack.as_str(), r#"4312[{"success":true}]"#);
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl Codec for EngineEcho {
     }
 
     /// Never used: an echo session runs no chat event.
-    fn ack_frame(_id: &Value, body: &Value) -> Utf8Bytes {
+    fn ack_frame(_id: &Value, body: &str) -> Utf8Bytes {
         format!("4{body}").into()
     }
 

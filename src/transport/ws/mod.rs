@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
 
-use crate::chat::wire::ServerEvent;
+use crate::chat::wire::{ServerEvent, concat};
 use crate::chat::{ChatError, ChatService};
 use crate::transport::session::{
     self, Codec, Conn, Out, RAW_FRAME, SessionConfig, SessionSink, Step,
@@ -132,12 +132,18 @@ impl Codec for RawCodec {
     fn event_frame(event: &ServerEvent) -> Utf8Bytes {
         event
             .encoded(RAW_FRAME, |e| {
-                Utf8Bytes::from(format!(r#"{{"event":"{}","data":{}}}"#, e.name, e.data))
+                Utf8Bytes::from(concat(&[
+                    r#"{"event":""#,
+                    e.name,
+                    r#"","data":"#,
+                    e.data.get(),
+                    "}",
+                ]))
             })
             .clone()
     }
 
-    fn ack_frame(id: &Value, body: &Value) -> Utf8Bytes {
+    fn ack_frame(id: &Value, body: &str) -> Utf8Bytes {
         ack_frame(id, body).into()
     }
 
@@ -151,8 +157,14 @@ impl Codec for RawCodec {
 }
 
 /// `{"event":"ack","id":ID,"data":{...}}`, keys in that order for human readers (wscat).
-fn ack_frame(id: &Value, body: &Value) -> String {
-    format!(r#"{{"event":"ack","id":{id},"data":{body}}}"#)
+fn ack_frame(id: &Value, body: &str) -> String {
+    concat(&[
+        r#"{"event":"ack","id":"#,
+        &id.to_string(),
+        r#","data":"#,
+        body,
+        "}",
+    ])
 }
 
 /// `{"event": NAME, "data": PAYLOAD, "id"?: ID}`; `data` may be omitted (null).
@@ -196,5 +208,25 @@ mod tests {
         assert!(parse_frame("[1,2]").is_err());
         assert!(parse_frame(r#"{"data":{}}"#).is_err());
         assert!(parse_frame(r#"{"event":5}"#).is_err());
+    }
+
+    #[test]
+    fn event_and_ack_frames_are_json_objects() {
+        use crate::chat::wire;
+        let ev = ServerEvent::new(wire::NEW_MESSAGE, &json!({"text": "a \"quoted\" line\n"}));
+        let frame: Value = serde_json::from_str(&RawCodec::event_frame(&ev)).unwrap();
+        assert_eq!(
+            frame,
+            json!({"event": "new_message", "data": {"text": "a \"quoted\" line\n"}})
+        );
+        let ack = ack_frame(&json!("id-1"), r#"{"success":true}"#);
+        assert_eq!(
+            ack,
+            r#"{"event":"ack","id":"id-1","data":{"success":true}}"#
+        );
+        assert_eq!(
+            ack_frame(&json!(7), r#"{"success":true}"#),
+            r#"{"event":"ack","id":7,"data":{"success":true}}"#
+        );
     }
 }
