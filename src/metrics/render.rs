@@ -169,7 +169,7 @@ fn chat(m: &Metrics, t: &mut Text) {
     );
     t.histogram(
         "chat_durable_write_seconds",
-        "Time of the store append of send_message (the durable write, group commit included).",
+        "From send_message's store append to the end of its durable write (the commit or journal flush, group commit included).",
         &m.durable_write,
     );
     t.family(

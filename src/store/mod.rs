@@ -212,6 +212,10 @@ pub struct Appended {
     pub message: Message,
     /// True when an earlier message with the same client message id was returned instead.
     pub duplicate: bool,
+    /// When the write that made it durable ended (its commit, or its journal record's
+    /// flush), where the store knows it; `chat_durable_write_seconds` ends there, not when the
+    /// sender's task runs again. `None`: when the call returned.
+    pub committed: Option<std::time::Instant>,
 }
 
 /// The outbox settings of a store (see the outbox contract above).

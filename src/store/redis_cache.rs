@@ -289,6 +289,7 @@ impl MessageStore for RedisCachedStore {
                                 ..original
                             },
                             duplicate: true,
+                            committed: None,
                         });
                     }
                 }

@@ -290,11 +290,18 @@ async fn embedded_store_opens_a_database_written_by_the_sqlx_writer() {
     assert_eq!(replay.message.message_id.as_str(), ids[1]);
     assert_eq!(replay.message.message.as_str(), "old 1");
 
+    let before = std::time::Instant::now();
     let new = store
         .append(message("new 3", "client-3"))
         .await
         .expect("append");
     assert!(!new.duplicate);
+    // The end of the durable write (`chat_durable_write_seconds` ends there): reported by the
+    // writer, between the call and its return.
+    let committed = new
+        .committed
+        .expect("the embedded store reports its flush's end");
+    assert!(before <= committed && committed <= std::time::Instant::now());
     let old_last = MessageId::parse(&ids[2]).unwrap();
     let after = store
         .after(&room, &old_last, 10)

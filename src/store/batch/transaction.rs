@@ -137,9 +137,13 @@ impl Answers {
 
     /// The batch committed: every caller gets its answer.
     fn send(self) {
+        let committed = std::time::Instant::now();
         for answer in self.0 {
             match answer {
-                Answer::Append(tx, v) => drop(tx.send(v)),
+                Answer::Append(tx, v) => drop(tx.send(v.map(|appended| Appended {
+                    committed: Some(committed),
+                    ..appended
+                }))),
                 Answer::CreateRoom(tx, v) => drop(tx.send(v)),
                 Answer::Done(tx) => drop(tx.send(Ok(()))),
                 Answer::Change(tx, v) => drop(tx.send(v)),
@@ -390,10 +394,12 @@ impl AppendRun {
                 Slot::Fresh(i) => Appended {
                     message: fresh[i].take().expect("each new message is answered once"),
                     duplicate: false,
+                    committed: None,
                 },
                 Slot::Known(k) => Appended {
                     message: self.known[&k].clone(),
                     duplicate: true,
+                    committed: None,
                 },
             };
             answers.push(Answer::Append(reply, Ok(appended)));

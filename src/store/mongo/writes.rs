@@ -106,6 +106,7 @@ impl Writer {
                         answers[i] = Some(Ok(Appended {
                             message: found.clone(),
                             duplicate: true,
+                            committed: None,
                         }));
                     } else if room > 0 {
                         room -= 1;
@@ -194,6 +195,7 @@ impl Writer {
                     Some(found) => Ok(Appended {
                         message: found.clone(),
                         duplicate: true,
+                        committed: None,
                     }),
                     None => Err(StoreError::Internal(
                         "mongodb: duplicate key without a stored message".into(),
@@ -221,6 +223,7 @@ impl Writer {
             answers[i] = Some(Ok(Appended {
                 message: m.clone(),
                 duplicate: false,
+                committed: None,
             }));
         }
         if first_seq.is_some() && written > 0 {
