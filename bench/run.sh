@@ -16,7 +16,8 @@
 # RUST_ENV / BASE_ENV="VAR=value ..." add settings to the `rust` / `base` server's environment
 # (e.g. BASE_BIN=target/release/chat-service BASE_ENV=EMBEDDED_COMMIT_WINDOW_US=300 compares one
 # setting of the same binary against another).
-# Results: bench/results/<scenario>-<server>-<run>.json and bench/results/<scenario>.md.
+# Results: bench/results/<scenario>-<server>-<run>.json and bench/results/<scenario>.md (a set
+# first removes the JSON results of the scenario's last set).
 #
 # RAMP=1 (any scenario) searches the maximum sustainable rate instead: chat-bench starts at RATE
 # and multiplies it by RAMP_FACTOR (1.5) for up to RAMP_STEPS (10) steps, stopping at the first
@@ -193,6 +194,10 @@ start_server() {
   URLS=${URLS%,}
   PIDS=$(IFS=,; echo "${SERVER_PIDS[*]}")
 }
+
+# The table reads this set's results only: an earlier set's files (Node.js's, say, when SERVERS
+# leaves it out now) would otherwise be summarized with them.
+rm -f "$OUT/$NAME"-{rust,node,base}-[0-9]*.json
 
 for run in $(seq 1 "$RUNS"); do
   order=$SERVERS
