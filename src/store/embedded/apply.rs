@@ -37,9 +37,9 @@ use crate::store::batch::{
 };
 
 /// Longest a flushed record waits before it is written into SQLite.
-const APPLY_EVERY: Duration = Duration::from_millis(10);
+const APPLY_EVERY: Duration = Duration::from_millis(100);
 /// Held messages that are written into SQLite at once.
-const APPLY_MAX: usize = 256;
+const APPLY_MAX: usize = 1024;
 /// After a failed transaction, when the held records are tried again.
 const RETRY: Duration = Duration::from_millis(200);
 
@@ -144,7 +144,7 @@ impl Applier {
         std::thread::Builder::new()
             .name("embedded-apply".into())
             .spawn(move || {
-                background();
+                background(APPLY_NICE);
                 self.run(&rx)
             })
     }
@@ -304,18 +304,23 @@ impl Applier {
     }
 }
 
-/// Lowers the calling thread's priority (`nice` +10; any process may): the apply thread and
-/// the checkpointer do work that no sender waits for, so on a busy core they yield it to the
+/// Lowers the calling thread's priority to `nice` (any process may): the apply thread and the
+/// checkpointer do work that no sender waits for, so on a busy core they yield it to the
 /// writer thread and the runtime, which are on the ack path.
-pub(super) fn background() {
+pub(super) fn background(nice: i32) {
     let me = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(me), BACKGROUND_NICE) {
+    if let Err(e) = rustix::process::setpriority_process(Some(me), nice) {
         tracing::debug!(error = %e, "embedded store: cannot lower a background thread's priority");
     }
 }
 
-/// The `nice` value of the embedded store's background threads.
-const BACKGROUND_NICE: i32 = 10;
+/// The apply thread's `nice` value: the lowest. Its transactions are the largest piece of work
+/// on the store's side (up to `APPLY_MAX` messages). Against a runnable thread at `nice` 0 it
+/// weighs 15 to 1,024 in the scheduler (110 at `nice` 10), so a transaction delays acks and
+/// broadcasts less (measured: BENCHMARKS.md, "SQLite's share ten times rarer, as the default").
+const APPLY_NICE: i32 = 19;
+/// The checkpointer's `nice` value.
+pub(super) const CHECKPOINT_NICE: i32 = 10;
 
 /// Writes `records` into SQLite (inside a transaction) and records the last one as applied;
 /// returns whether any of them wrote outbox entries. Also used at open, for the records a

@@ -63,7 +63,7 @@ impl Checkpoints {
             std::thread::Builder::new()
                 .name("embedded-checkpoint".into())
                 .spawn(move || {
-                    super::apply::background();
+                    super::apply::background(super::apply::CHECKPOINT_NICE);
                     run_checkpointer(&conn, &woken, &wal)
                 })?
         };

@@ -10,13 +10,20 @@
 //! length, the payload's FNV-1a 64 hash) and the payload: JSON, `{"o":<outbox>,"m":[row,..]}`,
 //! each row the message's columns as `store::rows::message_from_row` reads them.
 //!
-//! # Reuse
-//! The file is written from its start again once every record in it is applied (the writer
-//! sees the apply thread's `applied` reach its last record). A scan at open reads records from
-//! the start while their headers and hashes hold: records of an earlier pass that the new one
-//! has not overwritten carry older sequence numbers, all applied, so they are skipped, and a
-//! record newer than the next expected one ends the scan. A record is written only after the
-//! one before it was flushed, so a torn record is the last one and was never acknowledged.
+//! # Reuse: two halves
+//! The file is two halves of `HALF` bytes; a record lies within one. The writer fills a half,
+//! then goes on at the start of the other one if every record there is applied (written a
+//! whole half ago, so under load it is: the apply thread lags by `apply::APPLY_EVERY` at most),
+//! and otherwise first waits for the apply thread. So a full half costs no wait under a
+//! steady load, where the apply thread is never quite done: new records arrive while it
+//! writes. When every record is applied (the writer sees the apply thread's `applied` reach
+//! its last record), it goes back to the file's start.
+//!
+//! A scan at open reads each half from its start while headers and hashes hold. Records of an
+//! earlier pass that a new one has not overwritten carry older sequence numbers, all applied,
+//! so they are skipped; the rest are taken in sequence order from the one after `applied`,
+//! and a gap ends them. A record is written only after the one before it was flushed, so a
+//! torn record is the last one and was never acknowledged.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -35,8 +42,10 @@ pub(super) const FILE: &str = "chat.journal";
 /// The journal's size, written with zeros when created: a flush then writes data only (no
 /// block allocation, no file-size change for `fdatasync` to carry).
 pub(super) const SIZE: u64 = 4 * 1024 * 1024;
+/// Each half of the file (see "Reuse" above).
+const HALF: u64 = SIZE / 2;
 /// A run of sends whose record could be larger than this (bytes, estimated from the texts) is
-/// committed to SQLite directly; a record always fits the file.
+/// committed to SQLite directly; a record always fits a half.
 pub(super) const MAX_RECORD: usize = 1024 * 1024;
 const MAGIC: u32 = 0x4a52_4e31; // "JRN1"
 const HEADER: usize = 24;
@@ -49,6 +58,9 @@ pub(super) struct Journal {
     pub(super) last: u64,
     /// How far records may lie since the last `erase` (the whole file after open).
     high: u64,
+    /// The last record written into each half (the writer may go on in a half once `applied`
+    /// reaches it).
+    half_last: [u64; 2],
 }
 
 /// A record read back: its messages and whether they carry outbox entries.
@@ -85,14 +97,32 @@ impl Journal {
                 offset: 0,
                 last,
                 high: SIZE,
+                half_last: [last; 2],
             },
             records,
         ))
     }
 
-    /// Whether a record of `len` payload bytes fits after the last one.
+    /// The half the next record goes into.
+    fn half(&self) -> usize {
+        usize::from(self.offset >= HALF)
+    }
+
+    /// Whether a record of `len` payload bytes fits after the last one, in its half.
     pub(super) fn fits(&self, len: usize) -> bool {
-        self.offset + (HEADER + len) as u64 <= SIZE
+        let end = HALF * (self.half() as u64 + 1);
+        self.offset + (HEADER + len) as u64 <= end
+    }
+
+    /// Goes on at the start of the other half when every record in it is `applied`; returns
+    /// whether it did.
+    pub(super) fn turn(&mut self, applied: u64) -> bool {
+        let other = 1 - self.half();
+        if self.half_last[other] > applied {
+            return false;
+        }
+        self.offset = HALF * other as u64;
+        true
     }
 
     /// Writes from the file's start again (every record in it is applied).
@@ -118,6 +148,7 @@ impl Journal {
         buf.extend_from_slice(payload);
         self.file.write_all_at(&buf, self.offset)?;
         self.file.sync_data()?;
+        self.half_last[self.half()] = lsn;
         self.offset += buf.len() as u64;
         self.high = self.high.max(self.offset);
         self.last = lsn;
@@ -240,38 +271,65 @@ impl Columns for JsonRow<'_> {
     }
 }
 
-/// The records after `applied`, read from the start of `file` (see "Reuse" above).
+/// The records after `applied`, read from the start of each half of `file` (see "Reuse"
+/// above), in sequence order up to the first gap.
 fn scan(file: &File, applied: u64) -> std::io::Result<Vec<Record>> {
+    let mut found = Vec::new();
+    for start in [0, HALF] {
+        scan_half(file, start, applied, &mut found)?;
+    }
+    found.sort_by_key(|(lsn, _)| *lsn);
     let mut records = Vec::new();
-    let mut offset = 0u64;
-    let mut header = [0u8; HEADER];
     let mut next = applied + 1;
-    while offset + HEADER as u64 <= SIZE {
+    for (lsn, payload) in found {
+        if lsn < next {
+            continue; // a second copy of a number (a failed write, repeated elsewhere)
+        }
+        if lsn > next {
+            break;
+        }
+        match decode(lsn, &payload) {
+            Ok(record) => records.push(record),
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store: a journal record cannot be read; the journal ends before it");
+                break;
+            }
+        }
+        next += 1;
+    }
+    Ok(records)
+}
+
+/// Adds to `found` the records after `applied` in the half at `start`, read while their
+/// headers and hashes hold.
+fn scan_half(
+    file: &File,
+    start: u64,
+    applied: u64,
+    found: &mut Vec<(u64, Vec<u8>)>,
+) -> std::io::Result<()> {
+    let end = start + HALF;
+    let mut offset = start;
+    let mut header = [0u8; HEADER];
+    while offset + HEADER as u64 <= end {
         file.read_exact_at(&mut header, offset)?;
         let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
         let long = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap());
         let (len, lsn, hash) = (word(4) as u64, long(8), long(16));
-        if word(0) != MAGIC || offset + HEADER as u64 + len > SIZE {
+        if word(0) != MAGIC || offset + HEADER as u64 + len > end {
             break;
         }
         let mut payload = vec![0u8; len as usize];
         file.read_exact_at(&mut payload, offset + HEADER as u64)?;
-        if fnv1a(&payload) != hash || lsn > next {
+        if fnv1a(&payload) != hash {
             break;
         }
-        if lsn == next {
-            match decode(lsn, &payload) {
-                Ok(record) => records.push(record),
-                Err(e) => {
-                    tracing::error!(error = %e, "embedded store: a journal record cannot be read; the journal ends before it");
-                    break;
-                }
-            }
-            next += 1;
+        if lsn > applied {
+            found.push((lsn, payload));
         }
         offset += HEADER as u64 + len;
     }
-    Ok(records)
+    Ok(())
 }
 
 /// Zero-fills `file` to `SIZE`.
@@ -417,6 +475,77 @@ mod tests {
         let (j, records) = Journal::open(dir.path(), 5).unwrap();
         assert!(records.is_empty());
         assert_eq!(j.last, 5);
+    }
+
+    /// A record of about 100 KB (a half holds 20 of them).
+    fn big(n: u32) -> Vec<u8> {
+        let mut m = message(n);
+        m.message = MessageBody::from_stored(format!("{n} {}", "x".repeat(100_000)));
+        encode(&[m], false)
+    }
+
+    /// Appends big records while they fit the current half; returns the last one's number.
+    fn fill_half(j: &mut Journal, from: u32) -> u32 {
+        let mut n = from;
+        while j.fits(big(n).len()) {
+            j.append(&big(n)).unwrap();
+            n += 1;
+        }
+        n - 1
+    }
+
+    fn lsns(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|r| r.lsn).collect()
+    }
+
+    #[test]
+    fn a_full_half_goes_on_in_the_other_one_and_the_scan_reads_across_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap();
+        let end_of_first = fill_half(&mut j, 1);
+        assert!(end_of_first > 10, "a half holds many big records");
+        assert!(!j.fits(big(0).len()));
+        // Nothing is applied, but the second half holds nothing yet.
+        assert!(j.turn(0));
+        j.append(&big(end_of_first + 1)).unwrap();
+        j.append(&big(end_of_first + 2)).unwrap();
+        drop(j);
+        // Applied up to the middle of the first half: the rest of it, then the second half.
+        let (j, records) = Journal::open(dir.path(), 5).unwrap();
+        let want: Vec<u64> = (6..=u64::from(end_of_first) + 2).collect();
+        assert_eq!(lsns(&records), want);
+        assert_eq!(j.last, u64::from(end_of_first) + 2);
+        let last = records.last().unwrap();
+        assert_eq!(last.messages[0].message_id.as_str(), id(end_of_first + 2));
+    }
+
+    #[test]
+    fn the_writer_does_not_go_on_in_a_half_holding_unapplied_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap();
+        let a = fill_half(&mut j, 1);
+        assert!(j.turn(0));
+        let b = fill_half(&mut j, a + 1);
+        // The first half's last record is not applied: no turn.
+        assert!(!j.turn(u64::from(a) - 1));
+        assert!(j.turn(u64::from(a)));
+        // The third pass writes over the first half's start; the rest of that half holds
+        // older records (applied), which the scan skips.
+        j.append(&big(b + 1)).unwrap();
+        drop(j);
+        let (j, records) = Journal::open(dir.path(), u64::from(a)).unwrap();
+        let want: Vec<u64> = (u64::from(a) + 1..=u64::from(b) + 1).collect();
+        assert_eq!(lsns(&records), want);
+        assert_eq!(j.last, u64::from(b) + 1);
+        // A gap ends the records: with the second half's start torn, nothing after it counts.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join(FILE))
+            .unwrap();
+        file.write_all_at(b"#", HALF + HEADER as u64 + 10).unwrap();
+        let (_, records) = Journal::open(dir.path(), u64::from(a)).unwrap();
+        assert!(records.is_empty(), "{:?}", lsns(&records));
     }
 
     /// A crash after the flush and before the apply: the records come back at open, into

@@ -193,8 +193,12 @@ impl Writer {
     fn record(&mut self, fresh: &[Message], outbox: bool) -> Result<(), StoreError> {
         let payload = journal::encode(fresh, outbox);
         if !self.journal.fits(payload.len()) {
-            self.wait_applied()?;
-            self.journal.rewind();
+            // The other half, if SQLite holds all of it (under load it does: it was written a
+            // half ago); otherwise wait for the apply thread, then the file's start.
+            if !self.journal.turn(*self.progress.applied.borrow()) {
+                self.wait_applied()?;
+                self.journal.rewind();
+            }
             if !self.journal.fits(payload.len()) {
                 // `apply` sends larger runs through SQLite: not reached.
                 return Err(StoreError::Internal("a journal record too large".into()));
