@@ -23,7 +23,9 @@
 //! earlier pass that a new one has not overwritten carry older sequence numbers, all applied,
 //! so they are skipped; the rest are taken in sequence order from the one after `applied`,
 //! and a gap ends them. A record is written only after the one before it was flushed, so a
-//! torn record is the last one and was never acknowledged.
+//! torn record is the last one and was never acknowledged. After a failed write, whose bytes
+//! may be on disk, the same number is written again at the same place or at the file's start,
+//! never in the other half, so the scan meets the second copy first.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -61,6 +63,8 @@ pub(super) struct Journal {
     /// The last record written into each half (the writer may go on in a half once `applied`
     /// reaches it).
     half_last: [u64; 2],
+    /// The last `append` failed (see there).
+    unsure: bool,
 }
 
 /// A record read back: its messages and whether they carry outbox entries.
@@ -98,6 +102,7 @@ impl Journal {
                 last,
                 high: SIZE,
                 half_last: [last; 2],
+                unsure: false,
             },
             records,
         ))
@@ -118,7 +123,7 @@ impl Journal {
     /// whether it did.
     pub(super) fn turn(&mut self, applied: u64) -> bool {
         let other = 1 - self.half();
-        if self.half_last[other] > applied {
+        if self.unsure || self.half_last[other] > applied {
             return false;
         }
         self.offset = HALF * other as u64;
@@ -140,17 +145,20 @@ impl Journal {
     /// not be on disk (a retry of a send with a `clientMessageId` finds it either way).
     pub(super) fn append(&mut self, payload: &[u8]) -> std::io::Result<u64> {
         let lsn = self.last + 1;
-        let mut buf = Vec::with_capacity(HEADER + payload.len());
-        buf.extend_from_slice(&MAGIC.to_le_bytes());
-        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&lsn.to_le_bytes());
-        buf.extend_from_slice(&fnv1a(payload).to_le_bytes());
-        buf.extend_from_slice(payload);
-        self.file.write_all_at(&buf, self.offset)?;
-        self.file.sync_data()?;
+        let buf = frame(lsn, payload);
+        // Even a failed write may have reached the disk: `erase` must zero it too.
+        self.high = self.high.max(self.offset + buf.len() as u64);
+        let written = self
+            .file
+            .write_all_at(&buf, self.offset)
+            .and_then(|()| self.file.sync_data());
+        // After a failure a record `lsn` may lie here; the scan must meet its second copy
+        // first, so the next one goes here again or to the file's start, not to the other
+        // half (`turn`), which the scan reads after this one when this is the first.
+        self.unsure = written.is_err();
+        written?;
         self.half_last[self.half()] = lsn;
         self.offset += buf.len() as u64;
-        self.high = self.high.max(self.offset);
         self.last = lsn;
         Ok(lsn)
     }
@@ -271,6 +279,17 @@ impl Columns for JsonRow<'_> {
     }
 }
 
+/// A record as written: the header, then `payload`.
+fn frame(lsn: u64, payload: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER + payload.len());
+    buf.extend_from_slice(&MAGIC.to_le_bytes());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&lsn.to_le_bytes());
+    buf.extend_from_slice(&fnv1a(payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+    buf
+}
+
 /// The records after `applied`, read from the start of each half of `file` (see "Reuse"
 /// above), in sequence order up to the first gap.
 fn scan(file: &File, applied: u64) -> std::io::Result<Vec<Record>> {
@@ -283,7 +302,7 @@ fn scan(file: &File, applied: u64) -> std::io::Result<Vec<Record>> {
     let mut next = applied + 1;
     for (lsn, payload) in found {
         if lsn < next {
-            continue; // a second copy of a number (a failed write, repeated elsewhere)
+            continue; // a failed write's copy, read after the second one (see `append`)
         }
         if lsn > next {
             break;
@@ -546,6 +565,30 @@ mod tests {
         file.write_all_at(b"#", HALF + HEADER as u64 + 10).unwrap();
         let (_, records) = Journal::open(dir.path(), u64::from(a)).unwrap();
         assert!(records.is_empty(), "{:?}", lsns(&records));
+    }
+
+    #[test]
+    fn after_a_failed_write_the_scan_reads_the_second_copy_of_its_number_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap();
+        for n in 1..=2 {
+            j.append(&encode(&[message(n)], false)).unwrap();
+        }
+        // A write of record 3 that failed after its bytes reached the disk (as a failed
+        // `fdatasync` may leave it): the bytes are there, the journal's state says failed.
+        let lost = frame(3, &encode(&[message(9_999)], false));
+        j.file.write_all_at(&lost, j.offset).unwrap();
+        j.unsure = true;
+        // The other half is free, but the second copy of 3 must not go there: the scan
+        // reads this half first and would take the lost copy.
+        assert!(!j.turn(2));
+        // Everything is applied, so the writer goes back to the start instead.
+        j.rewind();
+        j.append(&encode(&[message(3)], false)).unwrap();
+        assert!(!j.unsure);
+        drop(j);
+        let (_, records) = Journal::open(dir.path(), 2).unwrap();
+        assert_eq!(ids(&records), [(3, vec![id(3)])]);
     }
 
     /// A crash after the flush and before the apply: the records come back at open, into
