@@ -65,6 +65,9 @@ pub(super) struct Journal {
     half_last: [u64; 2],
     /// The last `append` failed (see there).
     unsure: bool,
+    /// The half the next record goes into (0 or 1): a half filled to its last byte is left
+    /// only through `turn`, like any other.
+    half: usize,
 }
 
 /// A record read back: its messages and whether they carry outbox entries.
@@ -103,29 +106,26 @@ impl Journal {
                 high: SIZE,
                 half_last: [last; 2],
                 unsure: false,
+                half: 0,
             },
             records,
         ))
     }
 
-    /// The half the next record goes into.
-    fn half(&self) -> usize {
-        usize::from(self.offset >= HALF)
-    }
-
     /// Whether a record of `len` payload bytes fits after the last one, in its half.
     pub(super) fn fits(&self, len: usize) -> bool {
-        let end = HALF * (self.half() as u64 + 1);
+        let end = HALF * (self.half as u64 + 1);
         self.offset + (HEADER + len) as u64 <= end
     }
 
     /// Goes on at the start of the other half when every record in it is `applied`; returns
     /// whether it did.
     pub(super) fn turn(&mut self, applied: u64) -> bool {
-        let other = 1 - self.half();
+        let other = 1 - self.half;
         if self.unsure || self.half_last[other] > applied {
             return false;
         }
+        self.half = other;
         self.offset = HALF * other as u64;
         true
     }
@@ -133,6 +133,7 @@ impl Journal {
     /// Writes from the file's start again (every record in it is applied).
     pub(super) fn rewind(&mut self) {
         self.offset = 0;
+        self.half = 0;
     }
 
     /// Whether the file holds records since the last `rewind`.
@@ -157,7 +158,7 @@ impl Journal {
         // half (`turn`), which the scan reads after this one when this is the first.
         self.unsure = written.is_err();
         written?;
-        self.half_last[self.half()] = lsn;
+        self.half_last[self.half] = lsn;
         self.offset += buf.len() as u64;
         self.last = lsn;
         Ok(lsn)
@@ -175,6 +176,7 @@ impl Journal {
         }
         self.file.sync_data()?;
         self.offset = 0;
+        self.half = 0;
         self.high = 0;
         Ok(())
     }
@@ -565,6 +567,26 @@ mod tests {
         file.write_all_at(b"#", HALF + HEADER as u64 + 10).unwrap();
         let (_, records) = Journal::open(dir.path(), u64::from(a)).unwrap();
         assert!(records.is_empty(), "{:?}", lsns(&records));
+    }
+
+    #[test]
+    fn a_half_filled_to_its_last_byte_is_left_only_by_turning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap();
+        // Records exactly as long as a half (payloads that are not JSON: nothing is scanned).
+        let whole = vec![b'x'; (HALF as usize) - HEADER];
+        j.append(&whole).unwrap();
+        assert!(
+            !j.fits(0),
+            "not in the first half, nor in the second without a turn"
+        );
+        assert!(j.turn(0), "the second half holds nothing");
+        j.append(&whole).unwrap();
+        assert!(!j.fits(0));
+        // The first half holds record 1: the writer goes back there once it is applied.
+        assert!(!j.turn(0));
+        assert!(j.turn(1));
+        assert!(j.fits(100));
     }
 
     #[test]
