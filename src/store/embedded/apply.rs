@@ -27,7 +27,8 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 
 use super::checkpoint::Checkpoints;
-use super::journal::{self, Record};
+use super::journal;
+use super::record::Record;
 use super::writes::{self, Tx, insert_messages};
 use super::{outbox, sqlite_error};
 use crate::store::StoreError;

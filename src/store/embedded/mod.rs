@@ -41,6 +41,7 @@ mod journal;
 mod lifecycle;
 mod outbox;
 mod reads;
+mod record;
 mod scan;
 mod schema;
 mod writes;

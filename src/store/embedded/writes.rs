@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::apply::{Progress, ToApply};
-use super::journal::{self, Journal, Record};
+use super::journal::{self, Journal};
+use super::record::{self, Record};
 use super::{Fields, lifecycle, outbox, sqlite_error};
 use crate::domain::{
     ChangeKind, Message, MessageChange, NewRoom, ReadMarker, Room, RoomId, UserId, now_ms,
@@ -191,7 +192,7 @@ impl Writer {
 
     /// Writes and flushes the record of `fresh`, then hands it to the apply thread.
     fn record(&mut self, fresh: &[Message], outbox: bool) -> Result<(), StoreError> {
-        let payload = journal::encode(fresh, outbox);
+        let payload = record::encode(fresh, outbox);
         if !self.journal.fits(payload.len()) {
             // The other half, if SQLite holds all of it (under load it does: it was written a
             // half ago); otherwise wait for the apply thread, then the file's start.
